@@ -1,0 +1,273 @@
+"""Command line: python -m layers plan | generate | regenerate.
+
+Bad input ends with one line naming the problem and exit code 2, before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage mistake on one line (no usage dump) with exit code 2."""
+
+    def error(self, message):
+        raise _BadInput(f"{message} (see {self.prog} --help)")
+
+
+class _BadInput(Exception):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .backends import BACKEND_CHOICES
+    from .parallax import CAMERA_PATHS
+    from .plan import LAYER_NAMES
+
+    parser = _Parser(prog="python -m layers", description="Turn a dense scene prompt into a parallax-ready "
+                     "stack of image layers (background, midground, foreground).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def prompt_args(p):
+        src = p.add_mutually_exclusive_group(required=True)
+        src.add_argument("--prompt", help="the scene prompt")
+        src.add_argument("--prompt-file", type=Path, help="a UTF-8 text file holding the scene prompt")
+        p.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
+        p.add_argument("--width", type=int, help="output width in pixels (default: from the prompt's aspect ratio)")
+        p.add_argument("--height", type=int, help="output height in pixels")
+
+    def backend_args(p, default):
+        p.add_argument("--backend", choices=BACKEND_CHOICES, default=default,
+                       help="auto = diffusers when its weights load, else draft (default %(default)s)")
+        p.add_argument("--model", help="diffusers preset (sd15, sdxl, ...), hub id or local pipeline folder")
+        p.add_argument("--controlnet", help="depth ControlNet hub id or local folder")
+
+    p = sub.add_parser("plan", help="print the layer plan of a prompt")
+    prompt_args(p)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    p = sub.add_parser("generate", help="render a layer stack and write every output")
+    prompt_args(p)
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    backend_args(p, "auto")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--strength", type=float, nargs=3, metavar=("BG", "MG", "FG"),
+                   help="ControlNet strength per layer (default 0.6 1.0 1.0)")
+    p.add_argument("--parallax", choices=CAMERA_PATHS, default="sway", help="camera path of parallax.mp4")
+    p.add_argument("--frames", type=int, default=60, help="frames in parallax.mp4 (default 60)")
+    depth = p.add_mutually_exclusive_group()
+    depth.add_argument("--depth-map", type=Path, help="use this depth map (white = near) instead of the scaffold")
+    depth.add_argument("--reference", type=Path, help="estimate the depth map from this reference image")
+    p.add_argument("--thresholds", type=float, nargs=2, metavar=("FAR", "NEAR"),
+                   help="nearness splitting a depth map into background|midground|foreground (default 0.35 0.65)")
+    p.add_argument("--depth-model", help="depth estimator for --reference (hub id or local folder)")
+    p.add_argument("--matte-model", help="rembg model name or .onnx under U2NET_HOME (default: offline matting)")
+    p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
+
+    p = sub.add_parser("regenerate", help="re-render one layer of a stack; the others stay identical")
+    p.add_argument("--from", dest="source", type=Path, required=True, help="a folder written by generate")
+    p.add_argument("--layer", choices=LAYER_NAMES, required=True)
+    p.add_argument("--seed", type=int, help="the layer's new seed (default: a fresh one)")
+    p.add_argument("--prompt", help="the layer's new prompt")
+    backend_args(p, None)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line. Returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        return {"plan": _cmd_plan, "generate": _cmd_generate, "regenerate": _cmd_regenerate}[args.command](args)
+    except (_BadInput, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line; LAYERCAKE_DEBUG=1 shows the traceback
+        if os.environ.get("LAYERCAKE_DEBUG"):
+            raise
+        print(f"error: internal failure: {type(exc).__name__}: {exc} (set LAYERCAKE_DEBUG=1 for details)",
+              file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def read_prompt_file(path: Path) -> str:
+    """Read a prompt file as strict UTF-8; ValueError naming the file otherwise."""
+    from .plan import MAX_PROMPT_CHARS
+
+    if not path.is_file():
+        raise ValueError(f"prompt file not found: {path}")
+    data = path.read_bytes()
+    if len(data) > 4 * MAX_PROMPT_CHARS:
+        raise ValueError(f"prompt file {path} is {len(data)} bytes; a prompt is at most {MAX_PROMPT_CHARS} characters")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"prompt file {path} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset "
+                         f"{exc.start})") from None
+
+
+def _prompt(args) -> str:
+    from .plan import check_prompt
+
+    text = read_prompt_file(args.prompt_file) if args.prompt_file is not None else args.prompt
+    return check_prompt(text)
+
+
+def _cmd_plan(args) -> int:
+    from .plan import plan_scene
+
+    plan = plan_scene(_prompt(args), args.seed, width=args.width, height=args.height)
+    if args.json:
+        d = plan.to_dict()
+        print(json.dumps(d, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{plan.width}x{plan.height} ({plan.aspect}), seed {plan.seed}, figures {plan.figures}")
+    print(f"style: {plan.style}")
+    for lp in plan.layers:
+        print(f"\n[{lp.name}] seed {lp.seed}, {lp.tokens} tokens")
+        print(f"  prompt:   {lp.prompt}")
+        print(f"  negative: {lp.negative_prompt}")
+        for clause in lp.dropped:
+            print(f"  dropped:  {clause}")
+    return 0
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse an output folder that cannot be written, before any work is done."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file")
+    probe = out if out.exists() else next((p for p in out.resolve().parents if p.exists()), None)
+    if probe is None or not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder {out} cannot be written")
+
+
+def _options(args, backend):
+    from .pipeline import GenerateOptions
+
+    defaults = getattr(backend, "defaults", {}) or {}
+    kw = {"parallax": args.parallax, "frames": args.frames, "video": not args.no_video,
+          "steps": args.steps if args.steps is not None else defaults.get("steps", 25),
+          "guidance": args.guidance if args.guidance is not None else defaults.get("guidance", 6.0)}
+    if args.strength:
+        kw["strengths"] = tuple(args.strength)
+    if args.thresholds:
+        kw["thresholds"] = tuple(args.thresholds)
+    if args.matte_model:
+        kw["matte_model"] = args.matte_model
+    return GenerateOptions(**kw)
+
+
+def _cmd_generate(args) -> int:
+    from .backends import resolve_backend
+    from .pipeline import GenerateOptions, generate, write_outputs
+
+    from .plan import plan_scene
+
+    # Every input is checked before a model is loaded or a file written.
+    prompt = _prompt(args)
+    plan = plan_scene(prompt, args.seed, width=args.width, height=args.height)
+    _check_out_dir(args.out)
+    GenerateOptions(parallax=args.parallax, frames=args.frames,
+                    **({"thresholds": tuple(args.thresholds)} if args.thresholds else {}))
+    depth_map, depth_source = None, None
+    if args.depth_map is not None:
+        from .depth import load_depth_map
+
+        depth_map, depth_source = load_depth_map(args.depth_map, size=(plan.width, plan.height)), "map"
+    elif args.reference is not None:
+        from .estimate import DEFAULT_DEPTH_MODEL, estimate_depth
+        from .images import open_image
+
+        image = open_image(args.reference, what="reference image")
+        depth_map = estimate_depth(image, model=args.depth_model or DEFAULT_DEPTH_MODEL)
+        depth_source = "reference"
+
+    backend, notice = resolve_backend(args.backend, **_model_options(args))
+    if notice:
+        print(notice, file=sys.stderr)
+    options = _options(args, backend)
+
+    t0 = time.perf_counter()
+    with _ProgressBar() as bar:
+        result = generate(prompt, backend, seed=args.seed, width=args.width, height=args.height, options=options,
+                          depth_map=depth_map, depth_source=depth_source, progress=bar)
+        files = write_outputs(result, args.out, progress=bar)
+    _summary(result, files, time.perf_counter() - t0)
+    return 0
+
+
+def _cmd_regenerate(args) -> int:
+    from .backends import resolve_backend
+    from .pipeline import load_result, regenerate_layer, write_outputs
+
+    if args.prompt is not None:
+        from .plan import check_prompt
+
+        check_prompt(args.prompt)
+    result = load_result(args.source)
+    _check_out_dir(args.source)
+    name = args.backend or result.render_info.get("backend") or "auto"
+    options = _model_options(args)
+    if name == "diffusers" and not options:
+        options = {k: result.render_info[k] for k in ("model", "controlnet") if result.render_info.get(k)}
+    backend, notice = resolve_backend(name, **options)
+    if notice:
+        print(notice, file=sys.stderr)
+    t0 = time.perf_counter()
+    with _ProgressBar() as bar:
+        result = regenerate_layer(result, args.layer, backend, seed=args.seed, prompt=args.prompt, progress=bar)
+        files = write_outputs(result, args.source, progress=bar)
+    _summary(result, files, time.perf_counter() - t0)
+    return 0
+
+
+def _model_options(args) -> dict:
+    return {k: getattr(args, k) for k in ("model", "controlnet") if getattr(args, k, None)}
+
+
+def _summary(result, files, seconds: float) -> None:
+    plan = result.plan
+    out = files["manifest"].parent
+    print(f"{result.render_info.get('backend', '?')} stack {plan.width}x{plan.height}, seed {plan.seed}, "
+          f"{seconds:.1f} s -> {out}")
+    for layer in result.stack:
+        lp = plan.layer(layer.name)
+        print(f"  {layer.name:<10} seed {lp.seed:<10} nearness {layer.nearness:.2f}  alpha {layer.alpha.mean():.0%}"
+              f"  {lp.tokens} tokens" + (f", {len(lp.dropped)} dropped" if lp.dropped else ""))
+    print("  files: " + ", ".join(sorted(str(p.relative_to(out)) for k, p in files.items() if "/" not in k)))
+
+
+class _ProgressBar:
+    """A tqdm bar on a terminal; silent otherwise (logs and pipes get only the summary)."""
+
+    def __init__(self):
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=1000, bar_format="{l_bar}{bar}| {elapsed}", leave=False)
+
+    def __call__(self, fraction: float, text: str) -> None:
+        if self._bar is not None:
+            self._bar.n = int(max(0.0, min(1.0, fraction)) * 1000)
+            self._bar.set_description_str(text[:40], refresh=False)
+            self._bar.refresh()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._bar is not None:
+            self._bar.close()
+        return False

@@ -1,0 +1,434 @@
+"""One scene end to end: prompt -> plan -> depth -> render -> matte -> stack, and the files written from a stack.
+
+Data flows one way. `generate` returns a `StackResult` (everything needed to export or regenerate a layer);
+`write_outputs` turns it into files; `load_result` reads those files back so that one layer can be regenerated
+later while the others stay byte-identical.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import functools
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+from PIL import Image
+
+from . import __version__
+from .backends import Backend, RenderRequest, RenderSettings
+from .depth import DepthSettings, LayerDepth, build_depth_maps
+from .export import (export_ora, export_psd, export_zip, load_depth_png16, package_versions, save_depth_png16,
+                     save_png)
+from .matte import matte_rgba, new_matte_session
+from .parallax import CAMERA_PATHS, iter_parallax_frames, write_video
+from .plan import LAYER_NAMES, ScenePlan, plan_scene, with_layer
+from .stack import LayerStack, StackLayer
+
+Progress = Callable[[float, str], None]
+"""progress(fraction in [0, 1], description such as "midground: step 3/25")."""
+
+DEPTH_SOURCES = ("scaffold", "map", "reference")
+
+# Share of the progress bar each stage takes: rendering dominates with a real model.
+_RENDER_SPAN = (0.02, 0.80)
+_MATTE_SPAN = (0.80, 0.88)
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    """How a stack is rendered and exported."""
+
+    steps: int = 25
+    """Denoising steps per layer, 1..150 (the draft backend paints in one pass and ignores it)."""
+    guidance: float = 6.0
+    """Classifier-free guidance scale, 0..30."""
+    strengths: tuple[float, float, float] = (0.6, 1.0, 1.0)
+    """ControlNet strength per layer, back to front, each 0..2: softer for the background so the model can invent."""
+    parallax: str = "sway"
+    """Camera path of the preview video: sway, circle or zoom."""
+    frames: int = 60
+    """Frames in the parallax video, 2..600."""
+    fps: int = 30
+    """Frames per second of the parallax video, 1..60."""
+    thresholds: tuple[float, float] = (0.35, 0.65)
+    """Nearness thresholds splitting a given depth map into background | midground | foreground."""
+    matte_model: Optional[str] = None
+    """rembg model name, or an .onnx file under U2NET_HOME; None mattes offline from the depth prior."""
+    video: bool = True
+    """Write parallax.mp4."""
+
+    def __post_init__(self):
+        object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if not 1 <= self.steps <= 150:
+            raise ValueError(f"steps must be 1..150, got {self.steps}")
+        if not 0.0 <= self.guidance <= 30.0:
+            raise ValueError(f"guidance must be 0..30, got {self.guidance}")
+        if len(self.strengths) != len(LAYER_NAMES) or not all(0.0 <= s <= 2.0 for s in self.strengths):
+            raise ValueError(f"strengths must be three values in 0..2 (background, midground, foreground), "
+                             f"got {self.strengths}")
+        if self.parallax not in CAMERA_PATHS:
+            raise ValueError(f"unknown parallax path {self.parallax!r}; choose one of {', '.join(CAMERA_PATHS)}")
+        if not 2 <= self.frames <= 600:
+            raise ValueError(f"frames must be 2..600, got {self.frames}")
+        if not 1 <= self.fps <= 60:
+            raise ValueError(f"fps must be 1..60, got {self.fps}")
+        lo, hi = (self.thresholds + (0.0, 0.0))[:2] if len(self.thresholds) == 2 else (-1.0, -1.0)
+        if not 0.0 < lo < hi < 1.0:
+            raise ValueError(f"thresholds must be two values with 0 < near-far split < 1 in increasing order, "
+                             f"got {self.thresholds}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["strengths"] = list(self.strengths)
+        d["thresholds"] = list(self.thresholds)
+        return d
+
+
+@dataclass
+class StackResult:
+    """A rendered scene: its plan, the maps it was conditioned on, the layers, and how it was made."""
+
+    plan: ScenePlan
+    depths: dict[str, LayerDepth]
+    stack: LayerStack
+    render_info: dict
+    options: GenerateOptions
+    depth_source: str = "scaffold"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def generate(prompt: str, backend: Backend, *, seed: int = 0, width: Optional[int] = None,
+             height: Optional[int] = None, options: GenerateOptions = GenerateOptions(),
+             depth_map: Optional[np.ndarray] = None, depth_source: Optional[str] = None,
+             overrides: Optional[Mapping[str, str]] = None, progress: Optional[Progress] = None) -> StackResult:
+    """Plan a prompt and render it into a layer stack.
+
+    Args:
+        prompt: the scene prompt.
+        backend: a renderer (see layers.backends.resolve_backend).
+        seed: scene seed; each layer gets its own seed derived from it.
+        width, height: output size; default from the aspect ratio written in the prompt.
+        options: rendering and export settings.
+        depth_map: a float32 (H, W) map in [0, 1], 1 = near, split into the three layers; None = procedural scaffold.
+        depth_source: what depth_map is, for the manifest ("map" or "reference"); default "map" when one is given.
+        overrides: layer name -> prompt text replacing that layer's planned clauses.
+        progress: called with (fraction, description) as the work advances.
+
+    Returns:
+        The StackResult.
+    """
+    t = time.perf_counter()
+    plan = plan_scene(prompt, seed, width=width, height=height, overrides=overrides,
+                      count_tokens=getattr(backend, "count_tokens", None))
+    planned = time.perf_counter() - t
+    result = build_stack(plan, backend, options=options, depth_map=depth_map, depth_source=depth_source,
+                         progress=progress)
+    result.timings = {"plan": planned, **result.timings}
+    return result
+
+
+def build_stack(plan: ScenePlan, backend: Backend, *, options: GenerateOptions = GenerateOptions(),
+                depth_map: Optional[np.ndarray] = None, depth_source: Optional[str] = None,
+                progress: Optional[Progress] = None) -> StackResult:
+    """Render a planned scene: depth maps, one render per layer, mattes, and the stack.
+
+    Args:
+        plan: the ScenePlan.
+        backend: the renderer.
+        options: rendering settings.
+        depth_map: optional float32 (H, W) map in [0, 1], 1 = near; None = procedural scaffold.
+        depth_source: "map" or "reference" when depth_map is given (recorded in the manifest).
+        progress: called with (fraction, description).
+
+    Returns:
+        The StackResult (timings in seconds per stage).
+    """
+    report = progress or (lambda fraction, text: None)
+    source = "scaffold" if depth_map is None else (depth_source or "map")
+    if source not in DEPTH_SOURCES:
+        raise ValueError(f"unknown depth source {source!r}; choose one of {', '.join(DEPTH_SOURCES)}")
+    timings: dict[str, float] = {}
+
+    t = time.perf_counter()
+    report(0.0, "building depth maps")
+    depths = build_depth_maps(plan, depth_map=depth_map,
+                              settings=DepthSettings(thresholds=options.thresholds, source=source))
+    timings["depth"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    requests = [_request(plan, name, depths[name], options) for name in LAYER_NAMES]
+    rendered = backend.render(requests, _render_settings(plan, options), progress=_render_progress(report))
+    timings["render"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    layers = [_matte(name, image, depths[name], options, report)
+              for name, image in zip(LAYER_NAMES, rendered.images)]
+    timings["matte"] = time.perf_counter() - t
+    report(_MATTE_SPAN[1], "stack ready")
+    return StackResult(plan=plan, depths=depths, stack=LayerStack(layers), render_info=dict(rendered.info),
+                       options=options, depth_source=source, timings=timings)
+
+
+def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed: Optional[int] = None,
+                     prompt: Optional[str] = None, progress: Optional[Progress] = None) -> StackResult:
+    """Re-render one layer with a new seed and/or prompt; every other layer stays exactly as it was.
+
+    Args:
+        result: the stack to change.
+        layer: background, midground or foreground.
+        backend: the renderer.
+        seed: the layer's new seed; None with no prompt derives a fresh one from the old seed.
+        prompt: the layer's new prompt text (the shared style is added and the budget applied again).
+        progress: called with (fraction, description).
+
+    Returns:
+        A new StackResult; the other layers are the very same StackLayer objects.
+    """
+    report = progress or (lambda fraction, text: None)
+    old = result.plan.layer(layer)
+    if seed is None and prompt is None:
+        seed = (old.seed * 1_103_515_245 + 12_345) % 2**31
+    plan = with_layer(result.plan, layer, prompt=prompt, seed=seed, count_tokens=getattr(backend, "count_tokens", None))
+    depth = result.depths[layer]
+    t = time.perf_counter()
+    rendered = backend.render([_request(plan, layer, depth, result.options)], _render_settings(plan, result.options),
+                              progress=_render_progress(report))
+    new_layer = _matte(layer, rendered.images[0], depth, result.options, report)
+    info = dict(result.render_info)
+    info["regenerated"] = list(info.get("regenerated", [])) + [
+        {"layer": layer, "seed": plan.layer(layer).seed, "prompt": plan.layer(layer).prompt,
+         "backend": rendered.info.get("backend")}]
+    report(_MATTE_SPAN[1], f"{layer} regenerated")
+    return StackResult(plan=plan, depths=result.depths, stack=result.stack.replace(new_layer), render_info=info,
+                       options=result.options, depth_source=result.depth_source,
+                       timings={"regenerate": time.perf_counter() - t})
+
+
+def _request(plan: ScenePlan, name: str, depth: LayerDepth, options: GenerateOptions) -> RenderRequest:
+    lp = plan.layer(name)
+    return RenderRequest(name=name, prompt=lp.prompt, negative_prompt=lp.negative_prompt, control=depth.control,
+                         prior=depth.prior, seed=lp.seed, strength=options.strengths[LAYER_NAMES.index(name)])
+
+
+def _render_settings(plan: ScenePlan, options: GenerateOptions) -> RenderSettings:
+    return RenderSettings(width=plan.width, height=plan.height, steps=options.steps, guidance=options.guidance,
+                          light_direction=plan.light_direction, palette=plan.palette)
+
+
+def _render_progress(report: Progress):
+    lo, hi = _RENDER_SPAN
+
+    def on_step(layer: str, step: int, total: int) -> None:
+        # One by one, each layer owns a third of the span; a batch advances all three at once.
+        done = step / max(total, 1)
+        if layer in LAYER_NAMES:
+            done = (LAYER_NAMES.index(layer) + done) / len(LAYER_NAMES)
+        report(lo + (hi - lo) * done, f"{layer}: step {step}/{total}")
+
+    return on_step
+
+
+@functools.lru_cache(maxsize=4)
+def _matte_session(model: str):
+    return new_matte_session(model)
+
+
+def _matte(name: str, image: Image.Image, depth: LayerDepth, options: GenerateOptions, report: Progress) -> StackLayer:
+    if name == LAYER_NAMES[0]:
+        rgba = image.convert("RGBA")  # the background is opaque and complete
+    else:
+        report(_MATTE_SPAN[0] + (_MATTE_SPAN[1] - _MATTE_SPAN[0]) * LAYER_NAMES.index(name) / 3, f"matting {name}")
+        session = _matte_session(options.matte_model) if options.matte_model else None
+        rgba = matte_rgba(image, depth.prior, session=session)
+    return StackLayer(name=name, rgba=rgba, depth=depth.control, nearness=float(depth.nearness))
+
+
+# --- files -----------------------------------------------------------------------------------------------------
+
+OUTPUT_NAMES = {
+    "composite": "composite.png",
+    "psd": "stack.psd",
+    "ora": "stack.ora",
+    "zip": "stack.zip",
+    "mp4": "parallax.mp4",
+    "manifest": "manifest.json",
+}
+
+
+def build_manifest(result: StackResult) -> dict:
+    """Everything needed to reproduce the stack: prompt, plan, seeds, backend and models, sizes, depth, versions."""
+    plan = result.plan
+    width, height = result.stack.size
+    return {
+        "layercake": __version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "prompt": plan.prompt,
+        "seed": plan.seed,
+        "width": width,
+        "height": height,
+        "aspect": plan.aspect,
+        "backend": result.render_info.get("backend"),
+        "models": {k: v for k, v in result.render_info.items() if k in ("model", "controlnet", "family", "preset")},
+        "render": result.render_info,
+        "depth_source": result.depth_source,
+        "options": result.options.to_dict(),
+        "plan": plan.to_dict(),
+        "layers": [
+            {
+                "name": layer.name,
+                "file": f"layers/{layer.name}.png",
+                "depth_file": f"depth/{layer.name}.png",
+                "prior_file": f"priors/{layer.name}.png",
+                "nearness": round(layer.nearness, 6),
+                "seed": plan.layer(layer.name).seed,
+                "prompt": plan.layer(layer.name).prompt,
+                "negative_prompt": plan.layer(layer.name).negative_prompt,
+                "dropped": list(plan.layer(layer.name).dropped),
+                "alpha_coverage": round(float(layer.alpha.mean()), 6),
+            }
+            for layer in result.stack
+        ],
+        "files": dict(OUTPUT_NAMES),
+        "versions": package_versions(),
+        "timings": {k: round(v, 4) for k, v in result.timings.items()},
+    }
+
+
+def write_outputs(result: StackResult, out_dir, *, progress: Optional[Progress] = None) -> dict[str, Path]:
+    """Write every output of a stack into `out_dir`, all or nothing.
+
+    Files are written into a staging folder beside `out_dir` and moved in only when all of them succeeded, so a
+    failed export leaves neither half-written files nor a mix of old and new ones.
+
+    Args:
+        result: the stack.
+        out_dir: the folder (created if missing).
+        progress: called with (fraction, description).
+
+    Returns:
+        Paths by kind: composite, psd, ora, zip, mp4 (when options.video), manifest, and "layers/<name>",
+        "depth/<name>", "priors/<name>".
+
+    Raises:
+        ValueError: the folder cannot be created or written.
+    """
+    report = progress or (lambda fraction, text: None)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+    except OSError as exc:
+        raise ValueError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+    try:
+        files = _write_all(result, staging, report)
+        _move_into(staging, out)
+    except OSError as exc:
+        raise ValueError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    report(1.0, "done")
+    return {key: out / rel for key, rel in files.items()}
+
+
+def _write_all(result: StackResult, root: Path, report: Progress) -> dict[str, str]:
+    stack = result.stack
+    files: dict[str, str] = {}
+    t = time.perf_counter()
+    for sub in ("layers", "depth", "priors"):
+        (root / sub).mkdir()
+    for layer in stack:
+        # save_png caches each encoding, so the ORA and ZIP below reuse these bytes instead of encoding again.
+        save_png(layer.rgba, root / f"layers/{layer.name}.png")
+        save_depth_png16(layer.depth, root / f"depth/{layer.name}.png")
+        prior = result.depths[layer.name].prior
+        save_png(Image.fromarray(np.clip(prior * 255.0 + 0.5, 0, 255).astype(np.uint8), "L"),
+                 root / f"priors/{layer.name}.png")
+        files.update({f"layers/{layer.name}": f"layers/{layer.name}.png", f"depth/{layer.name}": f"depth/{layer.name}.png",
+                      f"priors/{layer.name}": f"priors/{layer.name}.png"})
+    composite = stack.composite()
+    save_png(composite, root / OUTPUT_NAMES["composite"])
+    files["composite"] = OUTPUT_NAMES["composite"]
+    timings = {"pngs": time.perf_counter() - t}
+
+    manifest = build_manifest(result)
+    steps = [("psd", lambda p: export_psd(stack, p, composite=composite)),
+             ("ora", lambda p: export_ora(stack, p, composite=composite)),
+             ("zip", lambda p: export_zip(stack, manifest, p, composite=composite))]
+    if result.options.video:
+        steps.append(("mp4", lambda p: _write_parallax(result, p)))
+    for i, (key, write) in enumerate(steps):
+        report(_MATTE_SPAN[1] + (0.99 - _MATTE_SPAN[1]) * i / len(steps), f"writing {OUTPUT_NAMES[key]}")
+        t = time.perf_counter()
+        write(root / OUTPUT_NAMES[key])
+        timings[key] = time.perf_counter() - t
+        files[key] = OUTPUT_NAMES[key]
+    manifest["timings"].update({f"write_{k}": round(v, 4) for k, v in timings.items()})
+    # The manifest goes last: its presence says the folder is complete.
+    (root / OUTPUT_NAMES["manifest"]).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    files["manifest"] = OUTPUT_NAMES["manifest"]
+    return files
+
+
+def _write_parallax(result: StackResult, path: Path) -> None:
+    # Streamed: ffmpeg encodes while later frames are still being rendered.
+    frames = iter_parallax_frames(result.stack, result.options.parallax, frames=result.options.frames)
+    write_video(frames, path, fps=result.options.fps)
+
+
+def _move_into(staging: Path, out: Path) -> None:
+    if not out.exists():
+        os.replace(staging, out)
+        staging.mkdir()  # so the caller's cleanup has something to remove
+        return
+    for src in sorted(staging.rglob("*")):
+        if src.is_file():
+            dest = out / src.relative_to(staging)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(src, dest)
+
+
+def load_result(out_dir) -> StackResult:
+    """Read a stack written by write_outputs back (to regenerate one of its layers).
+
+    Args:
+        out_dir: a folder holding manifest.json, layers/, depth/ and priors/.
+
+    Returns:
+        The StackResult, with layers loaded from their PNGs.
+
+    Raises:
+        ValueError: the folder is not a complete Layercake output.
+    """
+    out = Path(out_dir)
+    manifest_path = out / OUTPUT_NAMES["manifest"]
+    if not manifest_path.is_file():
+        raise ValueError(f"{out} is not a Layercake output folder (no manifest.json)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        plan = ScenePlan.from_dict(manifest["plan"])
+        options = GenerateOptions(**manifest["options"])
+        depths, layers = {}, []
+        for entry in manifest["layers"]:
+            name = entry["name"]
+            with Image.open(out / entry["file"]) as img:
+                rgba = img.convert("RGBA")
+            control = load_depth_png16(out / entry["depth_file"])
+            with Image.open(out / entry["prior_file"]) as img:
+                prior = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
+            depths[name] = LayerDepth(name=name, control=control, prior=prior, nearness=float(entry["nearness"]))
+            layers.append(StackLayer(name=name, rgba=rgba, depth=control, nearness=float(entry["nearness"])))
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{out} is not a readable Layercake output: {exc}") from None
+    return StackResult(plan=plan, depths=depths, stack=LayerStack(layers), render_info=manifest.get("render", {}),
+                       options=options, depth_source=manifest.get("depth_source", "scaffold"))
