@@ -85,7 +85,7 @@ Rules, in the order they are applied
     them", "a trio") in the midground, else two or more named characters ("the Dreamer ... the Lover"),
     else a plural ("figures") in the midground -> 2, else an explicit count anywhere, else 1. `palette`:
     colour words (gold, carmine, teal, velvet blue, midnight, sunrise-gold, brass, ...) normalised to the
-    names of `PALETTE_COLORS`, ranked by how often they occur (weighted up inside style terms), first
+    names of `_COLOR_ALIASES` (the draft renderer holds their colours), ranked by how often they occur (weighted up inside style terms), first
     mention breaking ties. `light_direction`: "light from the left" / "lit from the right" / "light from
     above" first, then rim light or backlit -> "back", front light -> "front"; default "top".
 13. **Seeds.** Each layer's seed is ``sha256(f"{seed}:{name}")`` reduced to 0..2**31-1 (`layer_seed`):
@@ -225,22 +225,6 @@ subjects on a plain backdrop so that matting can separate them. Renderers should
 
 LIGHT_DIRECTIONS: tuple[str, ...] = ("left", "right", "top", "back", "front")
 
-PALETTE_COLORS: dict[str, tuple[int, int, int]] = {
-    "gold": (212, 164, 55), "sunrise gold": (242, 179, 61), "amber": (255, 176, 0), "yellow": (236, 201, 60),
-    "ochre": (204, 119, 34), "orange": (232, 120, 40), "copper": (184, 115, 51), "bronze": (176, 120, 50),
-    "brass": (181, 152, 72), "rust": (160, 70, 30), "red": (190, 36, 40), "carmine": (150, 0, 24),
-    "crimson": (200, 20, 60), "scarlet": (240, 40, 20), "vermilion": (227, 66, 52), "ruby": (155, 17, 30),
-    "burgundy": (110, 10, 35), "maroon": (110, 20, 30), "pink": (240, 150, 180), "magenta": (200, 30, 150),
-    "purple": (110, 40, 140), "violet": (130, 70, 190), "lavender": (180, 160, 220), "indigo": (60, 30, 120),
-    "blue": (50, 90, 180), "velvet blue": (43, 47, 107), "midnight blue": (25, 25, 90), "navy": (20, 30, 80),
-    "cobalt": (0, 71, 171), "azure": (40, 130, 230), "sapphire": (15, 82, 186), "sky blue": (120, 180, 230),
-    "cyan": (40, 200, 220), "teal": (0, 128, 128), "turquoise": (64, 200, 190), "green": (50, 140, 60),
-    "emerald": (30, 140, 90), "jade": (0, 160, 110), "olive": (110, 120, 40), "silver": (192, 192, 200),
-    "chrome": (210, 220, 230), "white": (240, 238, 232), "ivory": (245, 238, 215), "black": (16, 14, 18),
-    "ebony": (40, 30, 28), "grey": (128, 128, 128), "brown": (110, 70, 40), "sepia": (112, 66, 20),
-    "umber": (99, 81, 71),
-}
-"""Normalised palette names (what `ScenePlan.palette` holds) and an sRGB colour for each."""
 
 # ---------------------------------------------------------------------------------------------------------------
 # Input checks

@@ -220,3 +220,10 @@ def test_light_words():
     assert light_vector("top-left")[0] < 0 and light_vector("top-left")[1] < 0
     with pytest.raises(ValueError, match="light direction"):
         light_vector("")
+
+
+def test_every_palette_name_the_planner_emits_is_a_colour_the_draft_paints():
+    from layers.plan import _COLOR_ALIASES
+
+    for name in sorted(set(_COLOR_ALIASES.values())):
+        assert colour_words(name), name
