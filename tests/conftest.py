@@ -1,0 +1,79 @@
+"""Session-wide test setup: no hub access, and tiny real-format models built once per session on demand.
+
+The tiny models are written with save_pretrained into a session temp folder and loaded by the tests the way a
+user's `--model DIR` / `--depth-model DIR` is loaded. Each is built only when a test asks for it.
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Nothing in the tests may download; with this set, a missing model fails at once instead of after retries.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# pymatting's numba kernels run on OpenMP, whose idle threads spin after each parallel region; torch shares the
+# runtime, and on 2 cores every torch op after a matting call then ran 8-10x slower (measured: a tiny render
+# 0.55 s -> 5.4 s). Idle OpenMP threads that sleep instead cost nothing measurable. Read when torch loads it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture(scope="session")
+def tiny_models_root(tmp_path_factory):
+    """Session folder the tiny models are saved in (and torch on one thread for them).
+
+    The tiny models' ops are too small to split across threads: on a shared 2-core machine two torch
+    threads spin-wait on each other and a 0.3 s render takes 3-6 s. Real-size models keep torch's default.
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_dir(tiny_models_root):
+    """A tiny SD1.5-family ControlNet pipeline folder (its depth ControlNet in controlnet/)."""
+    from tiny_models import build_sd15
+
+    return build_sd15(tiny_models_root / "sd15")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tiny_models_root):
+    """A tiny SDXL-family ControlNet pipeline, saved under a name that says SD1.5: the family must come from
+    the model's own files."""
+    from tiny_models import build_sdxl
+
+    return build_sdxl(tiny_models_root / "sd15-looking-name")
+
+
+@pytest.fixture(scope="session")
+def tiny_lcm_dir(tiny_models_root):
+    """A tiny LCM-style (few-step, guidance-embedding UNet + LCMScheduler) SD1.5 ControlNet pipeline."""
+    from tiny_models import build_sd15
+
+    return build_sd15(tiny_models_root / "lcm", few_step=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_depth_anything_dir(tiny_models_root):
+    """A tiny relative Depth Anything depth estimator (inverse depth: larger = nearer)."""
+    from tiny_models import build_depth_anything
+
+    return build_depth_anything(tiny_models_root / "depth_anything")
+
+
+@pytest.fixture(scope="session")
+def tiny_depth_anything_metric_dir(tiny_models_root):
+    """The same tiny Depth Anything weights as a metric model (distance: larger = farther)."""
+    from tiny_models import build_depth_anything
+
+    return build_depth_anything(tiny_models_root / "depth_anything_metric", metric=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_dpt_dir(tiny_models_root):
+    """A tiny DPT depth estimator."""
+    from tiny_models import build_dpt
+
+    return build_dpt(tiny_models_root / "dpt")
