@@ -268,8 +268,25 @@ def _cf(estimate_alpha_cf, rgb: np.ndarray, trimap: np.ndarray) -> np.ndarray:
         return ichol(matrix, shifts=[1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0])
 
     # A looser tolerance than pymatting's default: alpha is stored in 8 bits anyway.
-    return estimate_alpha_cf(rgb, trimap, preconditioner=preconditioner,
-                             cg_kwargs={"rtol": 1e-5, "maxiter": 2000})
+    try:
+        with np.errstate(divide="ignore", invalid="ignore"):  # a stalled solve divides by zero before it gives up
+            return estimate_alpha_cf(rgb, trimap, preconditioner=preconditioner,
+                                     cg_kwargs={"rtol": 1e-5, "maxiter": 2000})
+    except ValueError as exc:
+        if "did not converge" not in str(exc):
+            raise
+        # Pure noise in the unknown band can stall the solver; a feathered trimap is a usable matte, and a
+        # render must never fail because its edges were hard to refine.
+        return _feathered(trimap)
+
+
+def _feathered(trimap: np.ndarray) -> np.ndarray:
+    """The trimap with its unknown band filled by a smooth ramp between the sure regions."""
+    from scipy import ndimage
+
+    inside = ndimage.distance_transform_edt(trimap < 1.0)
+    outside = ndimage.distance_transform_edt(trimap > 0.0)
+    return np.where(trimap == 0.5, outside / np.maximum(inside + outside, 1e-6), trimap)
 
 
 def _resize(array: np.ndarray, size: tuple[int, int], resample=Image.BILINEAR) -> np.ndarray:

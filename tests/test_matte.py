@@ -182,3 +182,15 @@ def test_settings_are_range_checked():
         MatteSettings(band=0.0)
     with pytest.raises(ValueError, match="solve_pixels"):
         MatteSettings(solve_pixels=10)
+
+
+def test_fallback_survives_an_image_the_solver_cannot_refine():
+    """Noise for both image and prior stalls pymatting's conjugate gradient ("did not converge"); the matte
+    still comes back, finite and in range, instead of failing the whole render."""
+    rng = np.random.default_rng(0)
+    rgb = Image.fromarray(rng.integers(0, 256, (96, 64, 3), dtype=np.uint8))
+    prior = rng.random((96, 64)).astype(np.float32)
+    alpha = matte_layer(rgb, prior)
+    assert alpha.shape == (96, 64) and np.isfinite(alpha).all()
+    assert 0.0 <= alpha.min() and alpha.max() <= 1.0
+    assert 0.2 < alpha.mean() < 0.8
