@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto = diffusers when its weights load, else draft (default %(default)s)")
         p.add_argument("--model", help="diffusers preset (sd15, sdxl, ...), hub id or local pipeline folder")
         p.add_argument("--controlnet", help="depth ControlNet hub id or local folder")
+        p.add_argument("--device", help="diffusers device: cuda, cuda:1, cpu (default: cuda when there)")
+        p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="diffusers weights dtype")
 
     p = sub.add_parser("plan", help="print the layer plan of a prompt")
     prompt_args(p)
@@ -220,7 +222,10 @@ def _cmd_regenerate(args) -> int:
     name = args.backend or result.render_info.get("backend") or "auto"
     options = _model_options(args)
     if name == "diffusers" and not options:
-        options = {k: result.render_info[k] for k in ("model", "controlnet") if result.render_info.get(k)}
+        # The preset name, when there is one, brings back its scheduler too; a bare hub id would not.
+        info = result.render_info
+        options = {"model": info.get("preset") or info.get("model"), "controlnet": info.get("controlnet")}
+        options = {k: v for k, v in options.items() if v}
     backend, notice = resolve_backend(name, **options)
     if notice:
         print(notice, file=sys.stderr)
@@ -233,7 +238,7 @@ def _cmd_regenerate(args) -> int:
 
 
 def _model_options(args) -> dict:
-    return {k: getattr(args, k) for k in ("model", "controlnet") if getattr(args, k, None)}
+    return {k: getattr(args, k) for k in ("model", "controlnet", "device", "dtype") if getattr(args, k, None)}
 
 
 def _summary(result, files, seconds: float) -> None:

@@ -126,8 +126,10 @@ def generate(prompt: str, backend: Backend, *, seed: int = 0, width: Optional[in
         The StackResult.
     """
     t = time.perf_counter()
+    # A backend that conditions on several 77-token chunks says how long a prompt it takes in full.
     plan = plan_scene(prompt, seed, width=width, height=height, overrides=overrides,
-                      count_tokens=getattr(backend, "count_tokens", None))
+                      count_tokens=getattr(backend, "count_tokens", None),
+                      token_budget=getattr(backend, "token_budget", 77))
     planned = time.perf_counter() - t
     result = build_stack(plan, backend, options=options, depth_map=depth_map, depth_source=depth_source,
                          progress=progress)
@@ -159,8 +161,10 @@ def build_stack(plan: ScenePlan, backend: Backend, *, options: GenerateOptions =
 
     t = time.perf_counter()
     report(0.0, "building depth maps")
+    # An estimated map is split exactly like a user's: the depth step only needs to know a map is given.
     depths = build_depth_maps(plan, depth_map=depth_map,
-                              settings=DepthSettings(thresholds=options.thresholds, source=source))
+                              settings=DepthSettings(thresholds=options.thresholds,
+                                                     source="scaffold" if depth_map is None else "map"))
     timings["depth"] = time.perf_counter() - t
 
     t = time.perf_counter()

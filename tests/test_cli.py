@@ -209,3 +209,51 @@ def test_depth_map_option_drives_the_layers(tmp_path):
         alpha = np.asarray(img.getchannel("A"), np.float32) / 255
     assert alpha[:, :100].mean() > 0.8 and alpha[:, 156:].mean() < 0.05
     assert json.loads((out / "manifest.json").read_text())["depth_source"] == "map"
+
+
+# --- model mode, through the same flags a user types (tiny real-format models built by conftest) -------------
+
+def test_generate_with_a_local_diffusers_model_writes_the_full_set(tmp_path, tiny_sd15_dir, capsys):
+    out = tmp_path / "sd15"
+    code = main(["generate", "--prompt-file", str(SEED_002), "--backend", "diffusers", "--model", str(tiny_sd15_dir),
+                 "--steps", "2", "--width", "128", "--height", "192", "--frames", "6", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert EXPECTED_FILES <= files_under(out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["backend"] == "diffusers"
+    assert manifest["render"]["family"] == "sd15"
+    assert manifest["models"]["model"] == str(tiny_sd15_dir)
+    seen = manifest["render"]["layers"]  # what each layer's text encoder saw
+    assert set(seen) == {"background", "midground", "foreground"}
+    for name, layer in seen.items():
+        assert layer["tokens"] > 2 and layer["chunk_texts"] and layer["truncated_tokens"] == 0, name
+
+    before = {rel: sha(out / rel) for rel in files_under(out)}
+    assert main(["regenerate", "--from", str(out), "--layer", "foreground", "--seed", "5"]) == 0
+    after = {rel: sha(out / rel) for rel in files_under(out)}
+    assert after["layers/background.png"] == before["layers/background.png"]
+    assert after["layers/midground.png"] == before["layers/midground.png"]
+    assert after["layers/foreground.png"] != before["layers/foreground.png"]
+    assert json.loads((out / "manifest.json").read_text())["render"]["regenerated"][-1]["backend"] == "diffusers"
+
+
+def test_generate_from_a_reference_image(tmp_path, tiny_depth_anything_dir, capsys):
+    reference = tmp_path / "ref.png"
+    Image.fromarray((np.random.default_rng(0).random((96, 64, 3)) * 255).astype(np.uint8)).save(reference)
+    out = tmp_path / "ref"
+    code = main(["generate", "--prompt", "a hall, a dancer, petals", "--backend", "draft", "--reference",
+                 str(reference), "--depth-model", str(tiny_depth_anything_dir), "--width", "128", "--height", "192",
+                 "--no-video", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((out / "manifest.json").read_text())["depth_source"] == "reference"
+
+
+def test_diffusers_without_weights_is_one_line_naming_the_model(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    code = main(["generate", "--prompt", "a hall", "--backend", "diffusers", "--model", "sd15", "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in err[0] and "download" in err[0]
+    assert not (tmp_path / "o").exists()
