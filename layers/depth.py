@@ -131,7 +131,7 @@ def build_depth_maps(plan, *, depth_map: np.ndarray | None = None,
 
     # One child stream per layer, so that e.g. changing the figure count leaves the room as it was.
     bg_rng, mid_rng, fg_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(_entropy(plan.seed)).spawn(3))
-    bg = _room_scaffold(width, height, bg_rng)
+    bg = _room_scaffold(width, height, bg_rng, getattr(plan, "setting", ""))
     mid_control, mid_prior = _figure_scaffold(width, height, int(figures), mid_rng)
     fg_control, fg_prior = _debris_scaffold(width, height, fg_rng)
     ones = np.ones((height, width), np.float32)
@@ -281,7 +281,7 @@ def _grid(y0: int, y1: int, x0: int, x1: int) -> tuple[np.ndarray, np.ndarray]:
 # Background: a hall or court in one-point perspective, by ray casting per pixel (vectorised).
 
 
-def _room_scaffold(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+def _room_scaffold(width: int, height: int, rng: np.random.Generator, setting: str = "") -> np.ndarray:
     W, H = width, height
     f = rng.uniform(0.8, 1.0) * max(W, H)                   # focal length in pixels
     vx = W * (0.5 + rng.uniform(-0.12, 0.12))               # vanishing point
@@ -292,6 +292,8 @@ def _room_scaffold(width: int, height: int, rng: np.random.Generator) -> np.ndar
     xr = rng.uniform(4.0, 8.0) * (W - vx) / f
     depth_far = rng.uniform(18.0, 32.0)
     hall = rng.random() < 0.7                               # vaulted hall, else an open court under the sky
+    if setting:                                             # the prompt said which (the draw above keeps the stream)
+        hall = setting == "indoor"
     spring = rng.uniform(1.6, 3.2)                          # where the vault springs from the walls (hall)
     wall_top = rng.uniform(2.0, 4.0)                        # wall height above the camera (court)
     far_top = 0.0 if hall else wall_top * rng.uniform(0.3, 0.8)

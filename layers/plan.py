@@ -165,6 +165,8 @@ class ScenePlan:
     """Where the key/rim light comes from: left, right, top, back, front (read from the prompt)."""
     palette: tuple[str, ...] = ()
     """Colour words found in the prompt, most prominent first (e.g. ("gold", "carmine", "velvet blue"))."""
+    setting: str = ""
+    """Where the background is: "indoor" (hall, chamber, archive), "outdoor" (hill, sky, forest) or "" (unsaid)."""
 
     def layer(self, name: str) -> LayerPlan:
         for lp in self.layers:
@@ -184,6 +186,7 @@ class ScenePlan:
             "token_budget": self.token_budget,
             "light_direction": self.light_direction,
             "palette": list(self.palette),
+            "setting": self.setting,
             "layers": [lp.to_dict() for lp in self.layers],
         }
 
@@ -201,7 +204,7 @@ class ScenePlan:
             prompt=d["prompt"], seed=int(d["seed"]), width=int(d["width"]), height=int(d["height"]),
             aspect=d["aspect"], style=d["style"], figures=int(d["figures"]), layers=layers,
             token_budget=int(d.get("token_budget", 77)), light_direction=d.get("light_direction", "top"),
-            palette=tuple(d.get("palette", ())),
+            palette=tuple(d.get("palette", ())), setting=d.get("setting", ""),
         )
 
 
@@ -620,6 +623,19 @@ _BIGRAMS: dict[str, list[tuple[str, float]]] = {
 _OUTDOOR = set(_words("""landscape mountain valley forest jungle ocean sea sky horizon desert canyon city cityscape
     skyline street alley bridge garden meadow cliff glacier field hill river lake beach shore island village
     town sunset sunrise dawn dusk aurora"""))
+
+_INDOOR = set(_words("""hall room chamber interior ceiling vault archive library palace cathedral church temple
+    planetarium theater theatre ballroom corridor gallery museum attic cellar crypt nave balcony staircase stair
+    office studio workshop observatory"""))
+
+
+def _setting(text: str) -> str:
+    """"indoor" or "outdoor" when the background's own words say so more one way than the other, else ""."""
+    stems = [_stem(w) for w in _WORD_RE.findall(text.lower())]
+    outdoor = sum(w in _OUTDOOR for w in stems)
+    indoor = sum(w in _INDOOR for w in stems)
+    return "outdoor" if outdoor > indoor else "indoor" if indoor > outdoor else ""
+
 
 _STOPWORDS = set(_words("""a an the and or but yet while whereas of in on at to by for from with as into onto over
     under than then so is are was were be been being it its this that these those there their them they he she
@@ -1830,7 +1846,7 @@ def plan_scene(prompt: str, seed: int = 0, *, width: int | None = None, height: 
     return ScenePlan(
         prompt=text, seed=seed, width=w, height=h, aspect=aspect, style=", ".join(style), figures=figures,
         layers=tuple(layers), token_budget=token_budget, light_direction=_light_direction(full),
-        palette=_palette(full, style),
+        palette=_palette(full, style), setting=_setting(" ".join(layers[0].clauses)),
     )
 
 

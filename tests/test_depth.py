@@ -278,3 +278,19 @@ def test_load_refuses_missing_and_broken_files(tmp_path):
         load_depth_map(tmp_path / "fake.png")
     with pytest.raises(ValueError, match="width"):
         load_depth_map(Image.new("L", (8, 8)), size=(0, 10))
+
+
+def test_the_background_setting_in_the_prompt_picks_hall_or_open_sky():
+    from layers.depth import BACKGROUND_FAR
+    from layers.plan import plan_scene
+
+    outdoor = "In the background, a ruined castle on a misty hill under a dawn sky. In the midground, a knight."
+    indoor = "In the background, a vaulted cathedral hall with a ribbed ceiling. In the midground, a knight."
+    for seed in range(4):
+        sky = plan_scene(outdoor, seed, width=128, height=192)
+        hall = plan_scene(indoor, seed, width=128, height=192)
+        assert (sky.setting, hall.setting) == ("outdoor", "indoor")
+        top_sky = build_depth_maps(sky)["background"].control[:10]
+        top_hall = build_depth_maps(hall)["background"].control[:10]
+        assert np.median(top_sky) < BACKGROUND_FAR + 0.005, "open sky at the top of an outdoor scene"
+        assert np.median(top_hall) > BACKGROUND_FAR + 0.03, "a vault overhead indoors"
