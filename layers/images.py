@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Union
@@ -47,7 +48,11 @@ def open_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, what:
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         if isinstance(exc, UnidentifiedImageError):
             raise ValueError(f"{what} is not an image: {path.name}") from None
-        raise ValueError(f"{what} {path.name} is too large to open safely") from None
+        # Pillow refuses the largest bombs before we see their size; its message carries the pixel count.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "too many pixels"
+        raise ValueError(f"{what} {path.name} is too large to open safely: {size}; the limit is "
+                         f"{max_pixels / 1e6:.0f} MP") from None
     except (OSError, SyntaxError) as exc:
         raise ValueError(f"{what} {path.name} could not be read: {exc}") from None
 
