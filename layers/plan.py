@@ -1494,6 +1494,7 @@ def _place(phrases: list[_Phrase], names: frozenset[str]) -> None:
     by_index = {ph.index: ph for ph in live}
     section_cue: tuple[str, int, int] | None = None  # (layer, sentence, clause) of the last opening cue
     clause_cue: dict[int, str] = {}
+    weak_clauses: set[int] = set()  # clauses whose only cue sits inside a phrase rather than opening the clause
     last_section: str | None = None
     for pos, ph in enumerate(live):
         if ph.section != last_section:
@@ -1520,16 +1521,23 @@ def _place(phrases: list[_Phrase], names: frozenset[str]) -> None:
                 continue
             ph.tier = 0 if ph.cue_leading else 1
             ph.relevance = scores[ph.layer] * density + 1.0 + early
-            clause_cue[ph.clause] = ph.cue
             if ph.cue_leading:
+                clause_cue[ph.clause] = ph.cue
+                weak_clauses.discard(ph.clause)
                 section_cue = (ph.cue, ph.sentence, ph.clause)
+            else:
+                # A cue inside or at the end of a phrase ("a ruined castle far behind") places that phrase;
+                # the next items of a list are other things, so it leans them only weakly.
+                clause_cue.setdefault(ph.clause, ph.cue)
+                weak_clauses.add(ph.clause)
             continue
         if ph.section in LAYER_NAMES:
             ph.layer, ph.tier, ph.relevance = ph.section, 0, scores[ph.section] * density + early
             continue
         leaning, bonus, in_scope = None, 0.0, False
         if ph.clause in clause_cue:
-            leaning, bonus = clause_cue[ph.clause], CARRY_IN_CLAUSE
+            leaning = clause_cue[ph.clause]
+            bonus = CARRY_IN_CLAUSE if ph.clause not in weak_clauses else CARRY_ACROSS * 0.5
             in_scope = section_cue is not None and section_cue[2] == ph.clause and section_cue[0] == leaning
         elif section_cue is not None:
             leaning = section_cue[0]

@@ -559,3 +559,12 @@ def test_fuzz_with_another_counter(text):
         return
     for lp in plan.layers:
         assert lp.prompt.strip() and lp.tokens == count(lp.prompt) <= 20
+
+
+def test_a_cue_at_the_end_of_a_list_item_places_that_item_not_the_next():
+    plan = plan_scene("A misty hillside at dawn, a ruined castle far behind, a red-cloaked traveller with a "
+                      "lantern on the path, ferns and mossy stones right against the lens, soft golden light")
+    assert "castle" in plan.layer("background").prompt
+    assert "traveller" in plan.layer("midground").prompt
+    assert "traveller" not in plan.layer("background").prompt
+    assert "ferns" in plan.layer("foreground").prompt
