@@ -234,7 +234,6 @@ def ramps(w, h):
 
 
 def bench_family(family, pipe, args, device, rows):
-    import numpy as np
     import torch
 
     from layers.backends.base import RenderRequest, RenderSettings

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from .images import open_image
+from .images import check_unit_map, open_image
 
 
 @dataclass(frozen=True)
@@ -240,18 +240,7 @@ def _check_size(width, height) -> tuple[int, int]:
 
 
 def _check_depth_array(depth) -> np.ndarray:
-    d = np.asarray(depth)
-    if d.ndim != 2 or min(d.shape) < 1:
-        raise ValueError(f"depth map must be a 2-D array (H, W), got shape {d.shape}")
-    if not np.issubdtype(d.dtype, np.number) or np.issubdtype(d.dtype, np.complexfloating):
-        raise ValueError(f"depth map must be numeric, got dtype {d.dtype}")
-    d = d.astype(np.float32)
-    if not np.isfinite(d).all():
-        raise ValueError("depth map has NaN or infinite values")
-    lo, hi = float(d.min()), float(d.max())
-    if lo < -1e-4 or hi > 1 + 1e-4:
-        raise ValueError(f"depth map values must lie in [0, 1], got [{lo:.3g}, {hi:.3g}]")
-    return np.clip(d, 0.0, 1.0)
+    return check_unit_map(depth, "depth map")
 
 
 def _resize(arr: np.ndarray, size: tuple[int, int]) -> np.ndarray:

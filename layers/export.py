@@ -35,6 +35,7 @@ from xml.etree import ElementTree
 import numpy as np
 from PIL import Image
 
+from .images import check_unit_map
 from .stack import LayerStack
 
 __all__ = [
@@ -181,15 +182,7 @@ def _file_stems(names) -> list[str]:
 # --------------------------------------------------------------------------------------------- depth PNG
 
 def _check_depth(depth) -> np.ndarray:
-    d = np.asarray(depth, dtype=np.float32)
-    if d.ndim != 2 or d.shape[0] < 1 or d.shape[1] < 1:
-        raise ValueError(f"depth must be a 2-D array (H, W), got shape {d.shape}")
-    if not np.isfinite(d).all():
-        raise ValueError("depth contains NaN or infinite values")
-    lo, hi = float(d.min()), float(d.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(f"depth values must be in [0, 1], got [{lo:.3g}, {hi:.3g}]")
-    return np.clip(d, 0.0, 1.0)
+    return check_unit_map(depth, "depth")
 
 
 def _depth_image16(depth: np.ndarray) -> Image.Image:

@@ -5,8 +5,9 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 40_000_000
@@ -63,3 +64,33 @@ def _check_pixels(size: tuple[int, int], max_pixels: int, what: str, name: str) 
         raise ValueError(f"{what} {name} has an empty size {w}x{h}")
     if w * h > max_pixels:
         raise ValueError(f"{what} {name} is {w}x{h} = {w * h / 1e6:.0f} MP; the limit is {max_pixels / 1e6:.0f} MP")
+
+
+def check_unit_map(values, what: str, *, shape: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """Check a per-pixel map (depth, prior, alpha): 2-D, numeric, finite, in [0, 1].
+
+    Args:
+        values: array-like (H, W).
+        what: what the map is, for messages ("depth map", "midground prior").
+        shape: the (height, width) it must have, if known.
+
+    Returns:
+        The map as float32, clipped to [0, 1] (values a rounding error outside are accepted).
+
+    Raises:
+        ValueError: naming `what` and the problem.
+    """
+    d = np.asarray(values)
+    if d.ndim != 2 or min(d.shape) < 1:
+        raise ValueError(f"{what} must be a 2-D array (H, W), got shape {d.shape}")
+    if shape is not None and d.shape != tuple(shape):
+        raise ValueError(f"{what} shape is {d.shape}, expected {tuple(shape)} (height, width)")
+    if not np.issubdtype(d.dtype, np.number) or np.issubdtype(d.dtype, np.complexfloating):
+        raise ValueError(f"{what} must be numeric, got dtype {d.dtype}")
+    d = d.astype(np.float32, copy=False)
+    if not np.isfinite(d).all():
+        raise ValueError(f"{what} has NaN or infinite values")
+    lo, hi = float(d.min()), float(d.max())
+    if lo < -1e-4 or hi > 1 + 1e-4:
+        raise ValueError(f"{what} values must be in [0, 1], got [{lo:.3g}, {hi:.3g}]")
+    return np.clip(d, 0.0, 1.0)

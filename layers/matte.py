@@ -34,6 +34,8 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image
 
+from .images import check_unit_map
+
 __all__ = ["MatteSettings", "matte_layer", "matte_rgba", "new_matte_session"]
 
 
@@ -156,15 +158,7 @@ def _check_inputs(rgb, prior) -> tuple[Image.Image, np.ndarray]:
         raise ValueError(f"rgb must be a PIL image, got {type(rgb).__name__}")
     if rgb.width < 2 or rgb.height < 2:
         raise ValueError(f"image too small to matte: {rgb.size}")
-    p = np.asarray(prior, dtype=np.float32)
-    if p.shape != (rgb.height, rgb.width):
-        raise ValueError(f"prior shape {p.shape} does not match the image (H, W) {(rgb.height, rgb.width)}")
-    if not np.isfinite(p).all():
-        raise ValueError("prior contains NaN or infinite values")
-    lo, hi = float(p.min()), float(p.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(f"prior values must be in [0, 1], got [{lo:.3g}, {hi:.3g}]")
-    return rgb.convert("RGB"), np.clip(p, 0.0, 1.0)
+    return rgb.convert("RGB"), check_unit_map(prior, "prior", shape=(rgb.height, rgb.width))
 
 
 def _band_radius(shape: tuple[int, int], settings: MatteSettings) -> int:

@@ -104,7 +104,7 @@ import hashlib
 import math
 import re
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 LAYER_NAMES: tuple[str, ...] = ("background", "midground", "foreground")

@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Protocol, Sequence
 
 import numpy as np
-from PIL import Image
 
 ProgressCallback = Callable[[str, int, int], None]
 """progress(layer_name_or_names, step, total_steps). layer is a layer name, or "background+midground+foreground"

@@ -35,6 +35,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from ..images import check_unit_map
 from .base import ModelUnavailableError, ProgressCallback, RenderRequest, RenderResult, RenderSettings
 
 logger = logging.getLogger(__name__)
@@ -703,11 +704,7 @@ class DiffusersBackend:
             if not isinstance(r, RenderRequest):
                 raise ValueError(f"requests must hold RenderRequest objects, got {type(r).__name__}")
             names.append(r.name)
-            control = np.asarray(r.control)
-            if control.ndim != 2 or control.size == 0:
-                raise ValueError(f"layer {r.name!r}: control must be a 2-D depth map, got shape {control.shape}")
-            if not np.isfinite(control).all():
-                raise ValueError(f"layer {r.name!r}: control has NaN or infinite values")
+            check_unit_map(r.control, f"layer {r.name!r}: control")
             if not isinstance(r.seed, (int, np.integer)) or not 0 <= int(r.seed) < 2**63:
                 raise ValueError(f"layer {r.name!r}: seed must be an integer in [0, 2**63), got {r.seed!r}")
             if not 0.0 <= float(r.strength) <= 2.0:

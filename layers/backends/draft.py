@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ..images import check_unit_map
 from .base import ProgressCallback, RenderRequest, RenderResult, RenderSettings
 
 # --------------------------------------------------------------------------------------------------------------
@@ -775,11 +776,7 @@ class DraftBackend:
             if req.name not in _PAINTERS:
                 raise ValueError(f"unknown layer {req.name!r}; choose one of {', '.join(_PAINTERS)}")
             for what in ("control", "prior"):
-                arr = np.asarray(getattr(req, what))
-                if arr.shape != shape:
-                    raise ValueError(f"{req.name} {what} is {arr.shape}, expected {shape} (height, width)")
-                if not np.isfinite(arr).all() or arr.min() < -1e-4 or arr.max() > 1 + 1e-4:
-                    raise ValueError(f"{req.name} {what} must hold finite values in [0, 1]")
+                check_unit_map(getattr(req, what), f"{req.name} {what}", shape=shape)
         return light_vector(settings.light_direction)
 
     def render(self, requests: Sequence[RenderRequest], settings: RenderSettings,
