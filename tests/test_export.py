@@ -102,8 +102,16 @@ def test_psd_keeps_unicode_layer_names(tmp_path):
     assert [layer.name for layer in list(psd)[3]] == [f"depth {name}" for name in UNICODE_NAMES]
 
 
-@pytest.mark.skipif(shutil.which("identify") is None, reason="ImageMagick is not installed")
+def require(program: str, package: str) -> str:
+    """The path of a program the README's test command installs; a clear failure (not a skip) without it."""
+    found = shutil.which(program)
+    if found is None:
+        pytest.fail(f"{program} is missing: install Debian's {package} (the README's test command does)")
+    return found
+
+
 def test_imagemagick_lists_the_psd_layers(stack, tmp_path):
+    require("identify", "imagemagick")
     path = export_psd(stack, tmp_path / "stack.psd")
     out = subprocess.run(["identify", "-format", "%s|%l|%wx%h\n", str(path)], capture_output=True, text=True,
                          check=True, timeout=60).stdout.splitlines()
@@ -153,6 +161,21 @@ def test_ora_follows_the_layout_spec(stack, tmp_path):
         with Image.open(io.BytesIO(archive.read("Thumbnails/thumbnail.png"))) as thumb:
             assert max(thumb.size) <= 256
             assert thumb.size[0] / thumb.size[1] == pytest.approx(W / H, rel=0.05)
+
+
+def test_ora_opens_in_krita_and_flattens_to_our_composite(stack, tmp_path):
+    """Krita itself (headless, on a virtual screen) opens the file and exports its flattened image."""
+    krita = require("krita", "krita")
+    xvfb_run = require("xvfb-run", "xvfb")
+    path = export_ora(stack, tmp_path / "stack.ora")
+    out = tmp_path / "from_krita.png"
+    proc = subprocess.run([xvfb_run, "-a", krita, "--nosplash", str(path), "--export", "--export-filename", str(out)],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "QT_QPA_PLATFORM": "xcb"})
+    assert out.exists(), f"Krita did not export the ORA (exit {proc.returncode}): {proc.stderr[-1500:]}"
+    flat = np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
+    ours = np.asarray(stack.composite(), dtype=np.int16)
+    assert flat.shape == ours.shape
+    assert np.abs(flat - ours).max() <= 2, "Krita's flattening matches ours; the hidden depth maps stay hidden"
 
 
 def test_ora_reopens_in_pyora_with_names_order_and_pixels(tmp_path):
