@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--seed", type=int, default=0, help="scene seed (default 0)")
         p.add_argument("--width", type=int, help="output width in pixels (default: from the prompt's aspect ratio)")
         p.add_argument("--height", type=int, help="output height in pixels")
+        for name in LAYER_NAMES:
+            p.add_argument(f"--{name}-prompt", dest=f"{name}_prompt", metavar="TEXT",
+                           help=f"replace the {name} layer's planned prompt (the shared style is still added)")
 
     def backend_args(p, default):
         p.add_argument("--backend", choices=BACKEND_CHOICES, default=default,
@@ -126,10 +129,18 @@ def _prompt(args) -> str:
     return check_prompt(text)
 
 
+def _overrides(args) -> dict[str, str]:
+    """Layer prompts given on the command line, checked like a scene prompt."""
+    from .plan import LAYER_NAMES, check_prompt
+
+    given = {name: getattr(args, f"{name}_prompt") for name in LAYER_NAMES}
+    return {name: check_prompt(text) for name, text in given.items() if text is not None}
+
+
 def _cmd_plan(args) -> int:
     from .plan import plan_scene
 
-    plan = plan_scene(_prompt(args), args.seed, width=args.width, height=args.height)
+    plan = plan_scene(_prompt(args), args.seed, width=args.width, height=args.height, overrides=_overrides(args))
     if args.json:
         d = plan.to_dict()
         print(json.dumps(d, indent=2, ensure_ascii=False))
@@ -178,7 +189,8 @@ def _cmd_generate(args) -> int:
 
     # Every input is checked before a model is loaded or a file written.
     prompt = _prompt(args)
-    plan = plan_scene(prompt, args.seed, width=args.width, height=args.height)
+    overrides = _overrides(args)
+    plan = plan_scene(prompt, args.seed, width=args.width, height=args.height, overrides=overrides)
     _check_out_dir(args.out)
     GenerateOptions(parallax=args.parallax, frames=args.frames,
                     **({"thresholds": tuple(args.thresholds)} if args.thresholds else {}))
@@ -203,7 +215,7 @@ def _cmd_generate(args) -> int:
     t0 = time.perf_counter()
     with _ProgressBar() as bar:
         result = generate(prompt, backend, seed=args.seed, width=args.width, height=args.height, options=options,
-                          depth_map=depth_map, depth_source=depth_source, progress=bar)
+                          depth_map=depth_map, depth_source=depth_source, overrides=overrides, progress=bar)
         files = write_outputs(result, args.out, progress=bar)
     _summary(result, files, time.perf_counter() - t0)
     return 0

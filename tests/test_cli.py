@@ -257,3 +257,20 @@ def test_diffusers_without_weights_is_one_line_naming_the_model(tmp_path, monkey
     assert code == 2 and len(err) == 1
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in err[0] and "download" in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_layer_prompt_can_be_overridden(tmp_path, capsys):
+    args = ["--prompt-file", str(SEED_002), "--midground-prompt", "a lone drummer in teal"]
+    assert main(["plan", *args, "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    layers = {layer["name"]: layer for layer in plan["layers"]}
+    assert layers["midground"]["prompt"].startswith("a lone drummer in teal")
+    assert "athlete" not in layers["midground"]["prompt"]
+    assert "orrery" in layers["background"]["prompt"]
+    out = tmp_path / "o"
+    assert main(["generate", *args, "--backend", "draft", "--width", "128", "--height", "192", "--no-video",
+                 "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["layers"][1]["prompt"].startswith("a lone drummer in teal")
+    assert main(["plan", "--prompt", "a hall", "--foreground-prompt", " "]) == 2
+    assert "empty" in capsys.readouterr().err
