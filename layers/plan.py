@@ -1073,10 +1073,8 @@ _CLOSERS = {v: k for k, v in _OPENERS.items()}
 _BRACKET_CHARS_RE = re.compile(r'[()\[\]{}“”«»"]')
 
 
-def _depths(text: str) -> list[int]:
-    """Bracket depth at each character; unmatched brackets and quotes count as plain characters."""
-    if not _BRACKET_CHARS_RE.search(text):
-        return [0] * len(text)
+def _bracket_pairs(text: str) -> list[tuple[int, int]]:
+    """(open, close) positions of the brackets that have a partner; a closer drops any opener left inside."""
     pairs: list[tuple[int, int]] = []
     stack: list[tuple[str, int]] = []
     for m in _BRACKET_CHARS_RE.finditer(text):
@@ -1089,6 +1087,14 @@ def _depths(text: str) -> list[int]:
                     pairs.append((stack[k][1], i))
                     del stack[k:]
                     break
+    return pairs
+
+
+def _depths(text: str) -> list[int]:
+    """Bracket depth at each character; unmatched brackets and quotes count as plain characters."""
+    if not _BRACKET_CHARS_RE.search(text):
+        return [0] * len(text)
+    pairs = _bracket_pairs(text)
     quotes = [m.start() for m in re.finditer('"', text)]
     if len(quotes) % 2 == 0:
         pairs.extend(zip(quotes[::2], quotes[1::2]))
@@ -1171,17 +1177,7 @@ def _balance(text: str) -> str:
     """Drop brackets and quotes that have no partner, so a cut phrase never leaves one open."""
     if not _BRACKET_CHARS_RE.search(text):
         return text
-    depth_pairs: set[int] = set()
-    stack: list[tuple[str, int]] = []
-    for i, ch in enumerate(text):
-        if ch in _OPENERS:
-            stack.append((ch, i))
-        elif ch in _CLOSERS:
-            for k in range(len(stack) - 1, -1, -1):
-                if stack[k][0] == _CLOSERS[ch]:
-                    depth_pairs.update((stack[k][1], i))
-                    del stack[k:]
-                    break
+    depth_pairs = {i for pair in _bracket_pairs(text) for i in pair}
     quotes = [i for i, ch in enumerate(text) if ch == '"']
     keep_quotes = set(quotes if len(quotes) % 2 == 0 else quotes[:-1])
     out = []
