@@ -34,7 +34,9 @@ from .stack import LayerStack, StackLayer
 Progress = Callable[[float, str], None]
 """progress(fraction in [0, 1], description such as "midground: step 3/25")."""
 
-DEPTH_SOURCES = ("scaffold", "map", "reference")
+DEPTH_SOURCES = ("scaffold", "reference", "map")
+"""Where depth conditioning comes from: the plan's procedural scaffold, a reference image (depth estimated from
+it), or a depth map given by the user (white = near)."""
 
 # Share of the progress bar each stage takes: rendering dominates with a real model.
 _RENDER_SPAN = (0.02, 0.80)
@@ -393,7 +395,6 @@ def _write_parallax(result: StackResult, path: Path) -> None:
 def _move_into(staging: Path, out: Path) -> None:
     if not out.exists():
         os.replace(staging, out)
-        staging.mkdir()  # so the caller's cleanup has something to remove
         return
     for src in sorted(staging.rglob("*")):
         if src.is_file():

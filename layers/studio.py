@@ -25,8 +25,8 @@ from PIL import Image
 
 from .backends import Backend, resolve_backend
 from .images import MAX_IMAGE_PIXELS, open_image
-from .pipeline import OUTPUT_NAMES, GenerateOptions, Progress, StackResult, generate, load_result, regenerate_layer, \
-    write_outputs
+from .pipeline import (DEPTH_SOURCES, OUTPUT_NAMES, GenerateOptions, Progress, StackResult, generate, load_result,
+                       regenerate_layer, write_outputs)
 from .plan import LAYER_NAMES, ScenePlan, check_prompt, plan_scene
 
 log = logging.getLogger(__name__)
@@ -34,9 +34,6 @@ log = logging.getLogger(__name__)
 DRAFT_NOTICE = "Draft mode: procedural layout preview, no model weights loaded."
 """Shown on the page whenever the draft backend renders."""
 
-DEPTH_SOURCES: tuple[str, ...] = ("scaffold", "reference", "map")
-"""Where the depth conditioning comes from: the plan's procedural scaffold, a reference image (depth estimated
-from it), or an uploaded depth map (white = near)."""
 
 _RUN_ID = re.compile(r"^(?:example-)?[0-9a-f]{32}$")
 _EXAMPLE_PREFIX = "example-"
