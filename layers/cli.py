@@ -183,7 +183,7 @@ def _options(args, backend):
 
 def _cmd_generate(args) -> int:
     from .backends import resolve_backend
-    from .pipeline import GenerateOptions, generate, write_outputs
+    from .pipeline import generate, write_outputs
 
     from .plan import plan_scene
 
@@ -192,8 +192,7 @@ def _cmd_generate(args) -> int:
     overrides = _overrides(args)
     plan = plan_scene(prompt, args.seed, width=args.width, height=args.height, overrides=overrides)
     _check_out_dir(args.out)
-    GenerateOptions(parallax=args.parallax, frames=args.frames,
-                    **({"thresholds": tuple(args.thresholds)} if args.thresholds else {}))
+    _options(args, backend=None)  # every option checked now; the model's own defaults fill in after it loads
     depth_map, depth_source = None, None
     if args.depth_map is not None:
         from .depth import load_depth_map

@@ -274,3 +274,14 @@ def test_a_layer_prompt_can_be_overridden(tmp_path, capsys):
     assert manifest["layers"][1]["prompt"].startswith("a lone drummer in teal")
     assert main(["plan", "--prompt", "a hall", "--foreground-prompt", " "]) == 2
     assert "empty" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, needle", [(["--steps", "0"], "steps"), (["--guidance", "99"], "guidance"),
+                                            (["--strength", "1", "5", "1"], "strengths")])
+def test_bad_render_options_are_refused_before_a_model_loads(tmp_path, capsys, option, needle):
+    # The model named does not exist: the option must be reported, not the missing model.
+    code = main(["generate", "--prompt", "a hall", *option, "--backend", "diffusers", "--model",
+                 str(tmp_path / "no_such_model"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "no_such_model" not in err, err
+    assert not (tmp_path / "o").exists()
