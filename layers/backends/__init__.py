@@ -8,7 +8,8 @@ from __future__ import annotations
 import importlib
 from typing import Optional
 
-from .base import Backend, ModelUnavailableError, ProgressCallback, RenderRequest, RenderResult, RenderSettings
+from .base import (Backend, ModelUnavailableError, ProgressCallback, RenderRequest, RenderResult, RenderSettings,
+                   RepaintRequest, Repainter)
 
 _REGISTRY: dict[str, str] = {
     "draft": "layers.backends.draft:DraftBackend",
@@ -66,4 +67,4 @@ def resolve_backend(name: str = "auto", **options) -> tuple[Backend, Optional[st
 
 
 __all__ = ["BACKEND_CHOICES", "BACKEND_NAMES", "ModelUnavailableError", "resolve_backend", "Backend", "ProgressCallback", "RenderRequest", "RenderResult", "RenderSettings",
-           "get_backend"]
+           "RepaintRequest", "Repainter", "get_backend"]

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Protocol, Sequence
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -26,6 +26,29 @@ class RenderRequest:
     seed: int
     strength: float = 1.0
     """ControlNet conditioning scale for this layer."""
+
+
+@dataclass(frozen=True)
+class RepaintRequest:
+    """One picture to repaint from pixels that already exist: inpainting (where `mask` is 1) or, with no mask,
+    img2img over the whole picture. Decomposing a picture fills what nearer layers hide with it; model mode
+    renders each layer from the whole-scene plate and harmonises the composite with it."""
+
+    name: str
+    """Layer name (background, midground, foreground), or "composite" for a harmonising pass."""
+    prompt: str
+    negative_prompt: str
+    image: Any
+    """PIL.Image.Image, mode RGB, the render size: the pixels to start from (and to keep outside the mask)."""
+    control: np.ndarray
+    """float32 (H, W) in [0, 1], 1 = near: the depth-conditioning map (a layer's completed depth)."""
+    seed: int
+    mask: Optional[np.ndarray] = None
+    """float32 (H, W) in [0, 1], 1 = repaint, 0 = keep; None repaints the whole picture (img2img)."""
+    denoise: float = 1.0
+    """How far the start pixels are re-noised, (0, 1]: 1 invents the masked part anew, ~0.5 keeps the layout."""
+    strength: float = 1.0
+    """ControlNet conditioning scale."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +82,15 @@ class Backend(Protocol):
 
     def render(self, requests: Sequence[RenderRequest], settings: RenderSettings,
                progress: Optional[ProgressCallback] = None) -> RenderResult:
+        ...
+
+
+class Repainter(Protocol):
+    """A backend that can also repaint existing pixels (inpaint / img2img); the draft backend cannot."""
+
+    def repaint(self, requests: Sequence[RepaintRequest], settings: RenderSettings,
+                progress: Optional[ProgressCallback] = None) -> RenderResult:
+        """One RGB image per request, in request order; outside each mask the result keeps the input pixels."""
         ...
 
 
