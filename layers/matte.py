@@ -39,6 +39,11 @@ from .images import check_unit_map
 __all__ = ["MatteSettings", "matte_layer", "matte_rgba", "new_matte_session"]
 
 
+METHODS = ("key", "key+cf", "closed-form")
+"""Offline matting methods: known-backdrop keying (default), keying refined by closed-form matting in the
+edge band, and closed-form matting of the prior's trimap (the method before keying, kept for comparison)."""
+
+
 @dataclass(frozen=True)
 class MatteSettings:
     """How a layer is matted."""
@@ -49,12 +54,20 @@ class MatteSettings:
     """Most unknown pixels solved at full scale; a larger band is solved at a reduced scale (speed)."""
     decontaminate: bool = True
     """Re-estimate edge colours so semi-transparent pixels do not carry the backdrop colour."""
+    method: str = "key"
+    """Offline method, one of METHODS (also the part the segmenter's mask is combined with)."""
+    edge_px: int = 2
+    """Keying: content pixels this close (px) to clear backdrop are edge pixels, with alpha from colour."""
 
     def __post_init__(self):
         if not (0.0 < self.band <= 0.2):
             raise ValueError(f"band must be in (0, 0.2], got {self.band!r}")
         if not (1_000 <= self.solve_pixels <= 4_000_000):
             raise ValueError(f"solve_pixels must be in [1000, 4000000], got {self.solve_pixels!r}")
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if isinstance(self.edge_px, bool) or not isinstance(self.edge_px, int) or not 1 <= self.edge_px <= 16:
+            raise ValueError(f"edge_px must be a whole number of pixels from 1 to 16, got {self.edge_px!r}")
 
 
 DEFAULT_SETTINGS = MatteSettings()
@@ -142,11 +155,12 @@ def matte_rgba(rgb: Image.Image, prior: np.ndarray, *, session: Any = None,
         PIL RGBA image of the same size as ``rgb``.
     """
     image, prior = _check_inputs(rgb, prior)
-    alpha, box = _matte(image, prior, session, settings)
+    alpha, box, unmixed = _matte(image, prior, session, settings)
     colours = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
     if settings.decontaminate and box is not None:
         y0, y1, x0, x1 = box
-        colours[y0:y1, x0:x1] = _foreground_colours(colours[y0:y1, x0:x1], alpha[y0:y1, x0:x1])
+        colours[y0:y1, x0:x1] = (unmixed if unmixed is not None
+                                 else _foreground_colours(colours[y0:y1, x0:x1], alpha[y0:y1, x0:x1]))
     out = np.empty(alpha.shape + (4,), np.uint8)
     out[..., :3] = colours
     out[..., 3] = np.clip(alpha * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -166,13 +180,14 @@ def _band_radius(shape: tuple[int, int], settings: MatteSettings) -> int:
 
 
 def _matte(image: Image.Image, prior: np.ndarray, session, settings: MatteSettings):
-    """-> (alpha float32 (H, W), crop box (y0, y1, x0, x1) holding every non-zero alpha, or None)."""
+    """-> (alpha float32 (H, W), crop box (y0, y1, x0, x1) holding every non-zero alpha or None,
+    uint8 colours of that crop with the backdrop unmixed from the edges, or None where they are still to do)."""
     from scipy import ndimage
 
     h, w = prior.shape
     inside = prior >= 0.5
     if not inside.any():
-        return np.zeros((h, w), np.float32), None
+        return np.zeros((h, w), np.float32), None, None
     r = _band_radius((h, w), settings)
     box = _bbox(inside, 2 * r + 2, (h, w))
     y0, y1, x0, x1 = box
@@ -180,31 +195,137 @@ def _matte(image: Image.Image, prior: np.ndarray, session, settings: MatteSettin
     # Distance (in px) from the prior's edge, outside and inside, on the crop only. The chessboard metric is
     # an order of magnitude cheaper than the Euclidean one and the band width is a heuristic anyway.
     dist_out = ndimage.distance_transform_cdt(~crop_inside, metric="chessboard")
+    dist_in = ndimage.distance_transform_cdt(crop_inside, metric="chessboard")
+    sure_fg, sure_bg = _sure(dist_in, r), _sure(dist_out, r)
     alpha = np.zeros((h, w), np.float32)
+    crop_u8 = np.asarray(image, dtype=np.uint8)[y0:y1, x0:x1]
+    seg = None
     if session is not None:
         from rembg import remove  # slow first import, only when a session is used
 
         mask = remove(image, session=session, only_mask=True)
         seg = np.asarray(mask.convert("L"), dtype=np.float32)[y0:y1, x0:x1] / 255.0
-        support = np.clip(2.0 - dist_out / r, 0.0, 1.0).astype(np.float32)
-        alpha[y0:y1, x0:x1] = seg * support
-        return alpha, box
-    dist_in = ndimage.distance_transform_cdt(crop_inside, metric="chessboard")
-    trimap = np.full(crop_inside.shape, 0.5, np.float64)
-    trimap[_sure(dist_in, r)] = 1.0
-    trimap[_sure(dist_out, r)] = 0.0
-    if not (trimap == 0.0).any() or not (trimap == 1.0).any():
-        # Nothing surely outside (the layer fills the frame) or nothing surely inside (a sliver thinner
-        # than the band): closed-form matting has nothing to propagate, so keep the prior as alpha.
-        alpha[y0:y1, x0:x1] = prior[y0:y1, x0:x1]
-        return alpha, box
-    crop_rgb = np.asarray(image, dtype=np.float64)[y0:y1, x0:x1] / 255.0
-    alpha[y0:y1, x0:x1] = _solve_trimap(crop_rgb, trimap, settings)
-    # The solver leaves a faint haze (alpha ~ 0.001 or ~ 0.999) across the band; at 8 bits it is within a
-    # level of clear or solid, so make it exactly that: edges stay crisp and only real edges get recoloured.
-    alpha[alpha < 1.5 / 255.0] = 0.0
-    alpha[alpha > 253.5 / 255.0] = 1.0
-    return alpha, box
+        seg *= np.clip(2.0 - dist_out / r, 0.0, 1.0)  # trusted near the prior only
+        if settings.method == "closed-form":  # the segmenter alone: the rule before keying, for comparison
+            alpha[y0:y1, x0:x1] = seg
+            return alpha, box, None
+    if not sure_bg.any() or not sure_fg.any():
+        # Nothing surely outside (the layer fills the frame) or nothing surely inside (a sliver thinner than
+        # the band): neither a backdrop to key against nor anything for a solver to propagate, so keep the
+        # prior (with the segmenter's mask where there is one).
+        crop_prior = prior[y0:y1, x0:x1]
+        alpha[y0:y1, x0:x1] = crop_prior if seg is None else seg
+        return alpha, box, None
+    crop_rgb = crop_u8.astype(np.float32) / np.float32(255.0)
+    if settings.method == "closed-form":
+        trimap = np.full(crop_inside.shape, 0.5, np.float64)
+        trimap[sure_fg] = 1.0
+        trimap[sure_bg] = 0.0
+        alpha[y0:y1, x0:x1] = _solve_trimap(crop_rgb.astype(np.float64), trimap, settings)
+        # The solver leaves a faint haze (alpha ~ 0.001 or ~ 0.999) across the band; at 8 bits it is within a
+        # level of clear or solid, so make it exactly that: edges stay crisp and only real edges get recoloured.
+        alpha[alpha < 1.5 / 255.0] = 0.0
+        alpha[alpha > 253.5 / 255.0] = 1.0
+        return alpha, box, None
+    crop_alpha, back, clear = _key(crop_rgb, sure_fg, sure_bg, settings)
+    if seg is not None:
+        # The segmenter may add what keying doubts (content close to the backdrop's colour inside the prior),
+        # never pixels of the plain backdrop itself; keying keeps the thin parts and debris it drops.
+        np.maximum(crop_alpha, np.where(clear & ~sure_fg, 0.0, seg), out=crop_alpha)
+    crop_alpha[crop_alpha < 1.5 / 255.0] = 0.0
+    crop_alpha[crop_alpha > 253.5 / 255.0] = 1.0
+    alpha[y0:y1, x0:x1] = crop_alpha
+    return alpha, box, _unmix(crop_u8, crop_rgb, crop_alpha, back)
+
+
+def _key(rgb: np.ndarray, sure_fg: np.ndarray, sure_bg: np.ndarray, settings: MatteSettings):
+    """Known-backdrop keying of one crop -> (alpha float32, backdrop field (h, w, 3), clear-backdrop mask).
+
+    The backdrop's colour (a smooth field where it is not flat) comes from the sure-backdrop region. In the band
+    between the sure regions a pixel is clear backdrop when its colour is within the backdrop's noise of it,
+    solid when it differs and lies more than ``edge_px`` from any clear pixel, and an edge pixel otherwise: its
+    alpha is its colour's distance from the backdrop along the line to the nearest solid pixel's colour
+    (``I = a F + (1 - a) B``). The sure interior stays exactly 1 and the sure backdrop exactly 0.
+    """
+    from scipy import ndimage
+
+    back, noise = _backdrop_field(rgb, sure_bg)
+    diff = rgb - back
+    dist = np.sqrt(_dot3(diff, diff))
+    clear = (dist <= max(2.5 / 255.0, 4.0 * noise)) & ~sure_fg
+    clear |= sure_bg
+    near_clear = ndimage.binary_dilation(clear, structure=np.ones((3, 3), bool), iterations=settings.edge_px)
+    edge = near_clear & ~clear & ~sure_fg
+    if settings.method == "key+cf":
+        trimap = np.where(clear, 0.0, np.where(edge, 0.5, 1.0))
+        return _solve_trimap(rgb.astype(np.float64), trimap, settings), back, clear
+    solid = ~clear & ~edge
+    alpha = solid.astype(np.float32)
+    ys, xs = np.nonzero(edge)
+    if ys.size:
+        d = diff[ys, xs]
+        reach = 2 * settings.edge_px + 2
+        if solid.any():
+            far, (iy, ix) = ndimage.distance_transform_cdt(~solid, metric="chessboard", return_indices=True)
+            fb = rgb[iy[ys, xs], ix[ys, xs]] - back[ys, xs]
+            near = far[ys, xs] <= reach
+        else:
+            fb, near = d, np.zeros(ys.size, bool)
+        den = _dot3(fb, fb)
+        ok = near & (den > (4.0 / 255.0) ** 2)
+        a = np.empty(ys.size, np.float32)
+        # How far from the backdrop, relative to how far the solid neighbour is. Not the projection onto the
+        # neighbour's colour: rim light and glints give an edge a colour of its own, and the projection then
+        # loses half of it (measured: lost coverage 1.1 % against 0.7 %, SAD a third higher).
+        a[ok] = np.sqrt(_dot3(d[ok], d[ok]) / den[ok])
+        # No solid pixel close by (a speck or a hair thinner than the edge zone): the most distinct pixel
+        # around stands for full coverage.
+        peak = ndimage.maximum_filter(dist, size=2 * reach + 1)[ys[~ok], xs[~ok]]
+        a[~ok] = dist[ys[~ok], xs[~ok]] / np.maximum(peak, 1e-6)
+        alpha[ys, xs] = np.clip(a, 0.0, 1.0)
+    return alpha, back, clear
+
+
+def _backdrop_field(rgb: np.ndarray, sure_bg: np.ndarray, factor: int = 8):
+    """The backdrop under a crop, from its sure-backdrop pixels -> (float32 (h, w, 3), noise level).
+
+    A flat backdrop is its median colour. One that varies (a vignette, a soft gradient) is a smooth field:
+    its pixels averaged over boxes of ``factor`` px, spread into the gaps by normalised convolution.
+    """
+    from scipy import ndimage
+
+    samples = rgb[sure_bg]
+    if samples.shape[0] > 40_000:
+        samples = samples[:: samples.shape[0] // 20_000]
+    flat = np.median(samples, axis=0).astype(np.float32)
+    res = samples - flat
+    spread = float(np.median(np.sqrt(_dot3(res, res))))
+    h, w = sure_bg.shape
+    if spread <= 2.0 / 255.0 or min(h, w) < 4 * factor:
+        return np.broadcast_to(flat, rgb.shape), spread
+    size = (max(2, w // factor), max(2, h // factor))
+    weight = _resize(sure_bg.astype(np.float32), size, Image.BOX)
+    sigma = 2.0
+    wsum = ndimage.gaussian_filter(weight, sigma)
+    field = np.empty(weight.shape + (3,))
+    for c in range(3):
+        avg = _resize(np.where(sure_bg, rgb[..., c], 0.0), size, Image.BOX)
+        field[..., c] = np.where(wsum > 1e-3, ndimage.gaussian_filter(avg, sigma) / np.maximum(wsum, 1e-3), flat[c])
+    back = _resize(field, (w, h)).astype(np.float32)
+    res = rgb[sure_bg] - back[sure_bg]
+    return back, float(np.median(np.sqrt(_dot3(res, res))))
+
+
+def _unmix(crop_u8: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, back: np.ndarray) -> np.ndarray:
+    """uint8 colours of a crop with the backdrop taken out of its semi-transparent pixels: ``F = B + (I - B) / a``
+    (exact for a render composited over a known backdrop). Opaque and clear pixels keep their colour."""
+    out = crop_u8.copy()
+    ys, xs = np.nonzero((alpha > 0.0) & (alpha < 1.0))
+    if ys.size:
+        a = np.maximum(alpha[ys, xs], 1.0 / 255.0)[:, None]
+        fg = back[ys, xs] + (rgb[ys, xs] - back[ys, xs]) / a
+        out[ys, xs] = np.clip(fg * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out
 
 
 def _sure(dist: np.ndarray, r: int) -> np.ndarray:
