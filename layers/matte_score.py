@@ -130,7 +130,7 @@ def score_matte(alpha: np.ndarray, truth: np.ndarray, *, inset: int = 3) -> Matt
 
 
 def _rate(count: int, total: int) -> float:
-    return float(count) / total if total else 0.0
+    return float(int(count) / int(total)) if total else 0.0
 
 
 def _unit(x, name: str) -> np.ndarray:
