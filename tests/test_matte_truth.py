@@ -141,6 +141,26 @@ def test_no_floor_shows_through_the_figures_once_composited(seed_cases):
     assert np.abs(over[inner] - figure[inner]).max() <= 3.0
 
 
+def test_keying_refined_by_closed_form_is_as_clean_and_closer_at_the_edge():
+    from helpers import figure_prior, render_on_backdrop
+
+    prior = figure_prior(192, 288)
+    image, truth = render_on_backdrop(prior, (200, 40, 50), (40, 180, 60))
+    key = score_matte(matte_layer(image, prior), truth)
+    refined_alpha = matte_layer(image, prior, settings=MatteSettings(method="key+cf"))
+    refined = score_matte(refined_alpha, truth)
+    assert refined.see_through == 0.0 and refined.halo == 0.0 and refined.lost <= 0.01
+    assert refined.sad <= key.sad * 1.05
+    assert refined_alpha[interior(truth)].min() == 1.0
+
+
+@pytest.mark.parametrize("kwargs, message", [({"method": "grabcut"}, "method"), ({"edge_px": 0}, "edge_px"),
+                                             ({"edge_px": 2.5}, "edge_px")])
+def test_matte_settings_refuse_unknown_methods_and_edge_widths(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        MatteSettings(**kwargs)
+
+
 # --------------------------------------------------------------------------------------------- rembg
 
 def debris_scene(width=160, height=224):
