@@ -63,7 +63,9 @@ class MatteSettings:
     method: str = "key"
     """Offline method, one of METHODS (also the part the segmenter's mask is combined with)."""
     edge_px: int = 2
-    """Keying: content pixels this close (px) to clear backdrop are edge pixels, with alpha from colour."""
+    """Keying: content pixels this close (px) to clear backdrop are edge pixels, with alpha from colour; farther
+    ones are solid. 2 suits anti-aliased edges (wider zones cost the draft seeds SAD and lost coverage); raise
+    it for renders whose edges are blurred over more pixels."""
 
     def __post_init__(self):
         if not (0.0 < self.band <= 0.2):

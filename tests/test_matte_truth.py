@@ -154,6 +154,36 @@ def test_keying_refined_by_closed_form_is_as_clean_and_closer_at_the_edge():
     assert refined_alpha[interior(truth)].min() == 1.0
 
 
+def test_keying_follows_a_backdrop_that_is_not_flat():
+    """A model's 'plain' backdrop has a vignette: the backdrop field is estimated, not a single colour, so the
+    darker corners are not taken for the subject and the lighter middle does not eat into it."""
+    h, w = 288, 192
+    truth = disc(w, h, w * 0.5, h * 0.5, 60) * (1 - disc(w, h, w * 0.5, h * 0.5, 20))   # a ring
+    v, u = np.mgrid[0:h, 0:w].astype(np.float32)
+    shade = 1.0 - 0.35 * (((u - w / 2) / w) ** 2 + ((v - h / 2) / h) ** 2) * 4
+    back = np.stack([150 * shade, 170 * shade, 160 * shade], axis=-1)
+    img = truth[..., None] * np.array([200, 40, 50], np.float32) + (1 - truth[..., None]) * back
+    image = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+    assert np.ptp(back[truth == 0], axis=0).max() > 40          # the backdrop really varies
+    score = score_matte(matte_layer(image, truth), truth)
+    assert score.see_through == 0.0 and score.halo == 0.0 and score.lost <= 0.01
+    assert score.sad < 0.05
+
+
+def test_a_wider_edge_zone_follows_softer_edges():
+    """Keying treats content more than edge_px from clear backdrop as solid: the default (2 px) suits a
+    render's anti-aliased edge; a blurred edge needs a wider zone, and gets it from the setting."""
+    from helpers import figure_prior
+
+    truth = figure_prior(192, 288, blur=2.0)
+    img = truth[..., None] * np.array([200, 40, 50], np.float32) + (1 - truth[..., None]) * 150.0
+    image = Image.fromarray(np.clip(img + 0.5, 0, 255).astype(np.uint8))
+    narrow = score_matte(matte_layer(image, truth), truth)
+    wide = score_matte(matte_layer(image, truth, settings=MatteSettings(edge_px=4)), truth)
+    assert wide.sad < 0.5 * narrow.sad
+    assert wide.see_through == 0.0 and wide.halo == 0.0
+
+
 @pytest.mark.parametrize("kwargs, message", [({"method": "grabcut"}, "method"), ({"edge_px": 0}, "edge_px"),
                                              ({"edge_px": 2.5}, "edge_px")])
 def test_matte_settings_refuse_unknown_methods_and_edge_widths(kwargs, message):
