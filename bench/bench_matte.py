@@ -105,20 +105,23 @@ def main() -> None:
                       f"{100 * s.see_through:8.2f} {100 * s.lost:6.2f} {100 * s.halo:6.2f} {seconds:8.3f} {cpu:7.3f}",
                       flush=True)
     print()
-    print("Targets on the seeds (key, the default, against closed-form in the same run):")
+    # Time is compared in process CPU seconds: on a shared machine wall time mostly measures the neighbours.
     misses = 0
-    for tag, _, seed in SEEDS:
-        for layer in ("midground", "foreground"):
-            s, t, cpu = results[(tag, layer, "key")]
-            before, t_before, cpu_before = results[(tag, layer, "closed-form")]
-            checks = {f"see-through {100 * s.see_through:.2f}% <= 0.5%": s.see_through <= TARGETS["see_through"],
-                      f"lost {100 * s.lost:.2f}% <= 1%": s.lost <= TARGETS["lost"],
-                      f"halo {100 * s.halo:.2f}% <= 0.5%": s.halo <= TARGETS["halo"],
-                      f"SAD {s.sad:.3f} <= {before.sad / 2:.3f}": s.sad <= before.sad / 2,
-                      f"time {t:.3f}s <= {t_before:.3f}s (cpu {cpu:.3f}s vs {cpu_before:.3f}s)": t <= t_before}
-            missed = [k for k, ok in checks.items() if not ok]
-            misses += len(missed)
-            print(f"  {tag} (seed {seed}) {layer:<10} " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+    for method in ("key", "key+cf"):
+        print(f"Targets on the seeds ({method} against closed-form in the same run; time = CPU per layer):")
+        for tag, _, seed in SEEDS:
+            for layer in ("midground", "foreground"):
+                s, _, cpu = results[(tag, layer, method)]
+                before, _, cpu_before = results[(tag, layer, "closed-form")]
+                checks = {f"see-through {100 * s.see_through:.2f}% <= 0.5%": s.see_through <= TARGETS["see_through"],
+                          f"lost {100 * s.lost:.2f}% <= 1%": s.lost <= TARGETS["lost"],
+                          f"halo {100 * s.halo:.2f}% <= 0.5%": s.halo <= TARGETS["halo"],
+                          f"SAD {s.sad:.3f} <= {before.sad / 2:.3f}": s.sad <= before.sad / 2,
+                          f"cpu {cpu:.3f}s <= {cpu_before:.3f}s": cpu <= cpu_before}
+                missed = [k for k, ok in checks.items() if not ok]
+                misses += len(missed) if method == "key" else 0
+                print(f"  {tag} (seed {seed}) {layer:<10} "
+                      + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
     count = {m: max(1, sum(k[2] == m for k in results)) for m in methods}
     wall = {m: sum(v[1] for k, v in results.items() if k[2] == m) / count[m] for m in methods}
     cpu = {m: sum(v[2] for k, v in results.items() if k[2] == m) / count[m] for m in methods}
