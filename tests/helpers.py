@@ -98,20 +98,45 @@ def build_tiny_u2net(path: os.PathLike) -> Path:
 
     Weights make the mask follow brightness: bright pixels -> foreground.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
 
     rng = np.random.RandomState(0)
     w = np.ones((1, 3, 3, 3), np.float32) / 9.0 + rng.randn(1, 3, 3, 3).astype(np.float32) * 0.01
-    b = np.zeros((1,), np.float32)
-    inp = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 320, 320])
-    out = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 320, 320])
     nodes = [
         helper.make_node("Conv", ["input.1", "W", "B"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         helper.make_node("Sigmoid", ["c"], ["mask"]),
     ]
+    return _save_u2net(path, nodes, {"W": w, "B": np.zeros((1,), np.float32)})
+
+
+def build_blob_u2net(path: os.PathLike, centre=(0.5, 0.45), radius=(0.16, 0.3)) -> Path:
+    """A tiny ONNX model with U^2-Net I/O whose mask is one soft elliptical blob, whatever the image.
+
+    It stands in for a salient-object segmenter: it keeps one central subject and drops everything scattered
+    around it. ``centre`` and ``radius`` are (x, y) fractions of the frame.
+    """
+    from onnx import helper
+
+    v, u = np.mgrid[0:320, 0:320].astype(np.float32) / 320.0
+    r = np.sqrt(((u - centre[0]) / radius[0]) ** 2 + ((v - centre[1]) / radius[1]) ** 2)
+    blob = np.clip((1.0 - r) * 20.0, 0.0, 1.0).astype(np.float32)[None, None]
+    nodes = [
+        # The image only passes through zero weights: the graph reads its input, as a real model's does.
+        helper.make_node("Conv", ["input.1", "W", "B"], ["c"], kernel_shape=[1, 1]),
+        helper.make_node("Add", ["c", "BLOB"], ["mask"]),
+    ]
+    return _save_u2net(path, nodes, {"W": np.zeros((1, 3, 1, 1), np.float32), "B": np.zeros((1,), np.float32),
+                                     "BLOB": blob})
+
+
+def _save_u2net(path: os.PathLike, nodes, weights: dict) -> Path:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inp = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 320, 320])
+    out = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 320, 320])
     graph = helper.make_graph(nodes, "tiny_u2net", [inp], [out],
-                              initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
+                              initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     path = Path(path)

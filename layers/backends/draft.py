@@ -323,6 +323,19 @@ def _backdrop(colours: Sequence[np.ndarray]) -> np.ndarray:
     return candidates[0] if scores[0] >= 0.35 else candidates[int(np.argmax(scores))]
 
 
+def coverage(req: RenderRequest) -> np.ndarray:
+    """The exact coverage the draft paints a layer with: float32 (H, W) in [0, 1], anti-aliased.
+
+    Every midground and foreground pixel is painted as ``colour * c + backdrop * (1 - c)`` with ``c`` this map
+    (the clipped prior), so it is the true alpha of the render: the ground truth a matte is scored against.
+    The background is opaque everywhere. For benchmarks and tests; the pipeline mattes the RGB as it would a
+    model's render and never reads this.
+    """
+    if req.name == "background":
+        return np.ones(np.shape(req.prior), np.float32)
+    return np.clip(np.asarray(req.prior, np.float32), 0.0, 1.0)
+
+
 def _rng(seed: int, name: str) -> np.random.Generator:
     # The layer name is mixed in so that equal seeds on two layers still give two different paintings.
     return np.random.default_rng([int(seed) % (1 << 63), zlib.crc32(name.encode("utf-8"))])
@@ -490,7 +503,7 @@ def _paint_background(req: RenderRequest, pal: _Palette, light: np.ndarray, rng:
 
 def _paint_midground(req: RenderRequest, pal: _Palette, light: np.ndarray, rng: np.random.Generator,
                      backdrop: np.ndarray) -> np.ndarray:
-    prior = np.clip(np.asarray(req.prior, np.float32), 0.0, 1.0)
+    prior = coverage(req)
     H, W = prior.shape
     out = np.empty((3, H, W), np.float32)
     out[:] = _c(backdrop)
@@ -679,7 +692,7 @@ def _debris_materials(p: np.ndarray, control: np.ndarray) -> tuple[np.ndarray, n
 def _paint_foreground(req: RenderRequest, pal: _Palette, light: np.ndarray, rng: np.random.Generator,
                       backdrop: np.ndarray) -> np.ndarray:
     n = np.asarray(req.control, np.float32)
-    p = np.clip(np.asarray(req.prior, np.float32), 0.0, 1.0)
+    p = coverage(req)
     H, W = n.shape
     scale = min(W, H) / 512.0
     gx, gy = _grad(_blur(n, 0.8))
@@ -825,7 +838,17 @@ class DraftBackend:
         }
         return RenderResult(images=images, info=info)
 
+    def render_with_coverage(self, requests: Sequence[RenderRequest], settings: RenderSettings,
+                             progress: Optional[ProgressCallback] = None) -> tuple[RenderResult, list[np.ndarray]]:
+        """``render``, plus the exact coverage of each layer beside its RGB (see ``coverage``).
+
+        Returns:
+            (the RenderResult, one float32 (H, W) coverage map per request, in request order).
+        """
+        result = self.render(requests, settings, progress)
+        return result, [coverage(req) for req in requests]
+
 
 _PAINTERS = {"background": _paint_background, "midground": _paint_midground, "foreground": _paint_foreground}
 
-__all__ = ["COLOURS", "LIGHT_DIRECTIONS", "DraftBackend", "colour_words", "light_vector"]
+__all__ = ["COLOURS", "LIGHT_DIRECTIONS", "DraftBackend", "colour_words", "coverage", "light_vector"]
