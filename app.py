@@ -25,6 +25,7 @@ import gradio as gr
 
 from layers.backends import BACKEND_CHOICES
 from layers.parallax import CAMERA_PATHS
+from layers.webpage import viewer_markup
 from layers.pipeline import GenerateOptions
 from layers.plan import LAYER_NAMES, LayerPlan, ScenePlan, size_for_aspect
 from layers.studio import Run, Studio
@@ -142,7 +143,7 @@ def notice_markdown(notices) -> str:
 
 
 def parallax_html(layers: list[dict], amount: float = VIEWER_AMOUNT) -> str:
-    """The interactive viewer: one absolutely placed image per layer; assets/parallax.js moves them.
+    """The interactive viewer (layers.webpage.viewer_markup); assets/parallax.js moves it.
 
     Args:
         layers: back to front, as Studio.viewer_layers returns them.
@@ -151,22 +152,7 @@ def parallax_html(layers: list[dict], amount: float = VIEWER_AMOUNT) -> str:
     Returns:
         HTML for the #parallax component.
     """
-    if not layers:
-        return EMPTY_VIEWER
-    near = [layer["nearness"] for layer in layers]
-    lo, hi = min(near), max(near)
-    width, height = layers[0]["width"], layers[0]["height"]
-    planes = []
-    for i, layer in enumerate(layers):
-        # Nearer layers move more; the spread is normalised so a flat scene still shows depth.
-        depth = 0.15 + 0.85 * ((layer["nearness"] - lo) / (hi - lo) if hi > lo else i / max(len(layers) - 1, 1))
-        planes.append(f'<img class="lc-plane" src="{layer["uri"]}" data-name="{html.escape(layer["name"])}" '
-                      f'data-depth="{depth:.3f}" alt="{html.escape(layer["name"])} layer" draggable="false">')
-    return (f'<div class="lc-stage" data-amount="{amount}" role="img" '
-            f'aria-label="Interactive parallax preview: move the pointer over it" '
-            f'style="aspect-ratio: {width} / {height}; --lc-ratio: {width / height:.5f};">'
-            + "".join(planes)
-            + '<div class="lc-hint">move the pointer or drag a finger across the scene</div></div>')
+    return viewer_markup(layers, amount) if layers else EMPTY_VIEWER
 
 
 EMPTY_VIEWER = ('<div class="lc-empty"><strong>Interactive parallax</strong><br>Generate a scene, then move the '
