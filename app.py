@@ -218,6 +218,8 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
             *plan_outputs(plan),
             state,
             state,
+            str(files["glb"]) if "glb" in files else None,
+            str(files["html"]) if "html" in files else None,
         ]
 
     @user_errors
@@ -368,8 +370,14 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
                                                        min_width=70)
                                      for kind, label in (("psd", "⬇ PSD"), ("ora", "⬇ ORA"), ("zip", "⬇ ZIP"),
                                                          ("mp4", "⬇ MP4"))]
+                        # Returned after every older output, so clients that index outputs by position keep working.
+                        scene_downloads = [gr.DownloadButton(label, value=None, elem_id=f"dl-{kind}", size="md",
+                                                             min_width=70)
+                                           for kind, label in (("glb", "⬇ GLB"), ("html", "⬇ HTML"))]
                     gr.Markdown("PSD and ORA open as layers in Photoshop, Krita and GIMP; the ZIP holds the PNG "
-                                "layers, 16-bit depth maps and manifest.json.", elem_classes="lc-small lc-center")
+                                "layers, 16-bit depth maps, a composite + depth JPEG pair and manifest.json; the GLB "
+                                "is a glTF scene of depth cards with its camera (Blender, three.js); the HTML is "
+                                "this viewer in one file.", elem_classes="lc-small lc-center")
                 with gr.Tabs():
                     with gr.Tab("Composite"):
                         composite = gr.Image(label="Composite", type="filepath", interactive=False, height=520,
@@ -418,7 +426,7 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
 
         plan_view = [*layer_boxes, *layer_tokens, *layer_seeds, plan_summary]
         results = [*downloads, composite, video, *layer_images, depth_gallery, details, status, *plan_view,
-                   run_state, plan_state]
+                   run_state, plan_state, *scene_downloads]
         generate_inputs = [prompt, seed, width, height, *layer_boxes, steps, guidance, *strengths, depth_source,
                            reference, depth_file, parallax, plan_state]
         render = dict(outputs=results, concurrency_id="render", concurrency_limit=concurrency,

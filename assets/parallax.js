@@ -19,7 +19,8 @@ const reduced = window.matchMedia ? window.matchMedia("(prefers-reduced-motion: 
 // How far a layer moves and how much it is enlarged so that its shifted edge never shows: one rule for the
 // flat cards (CSS) and the shader (GLSL below).
 const shiftOf = (depth, amount) => [-current.x * depth * amount, -current.y * depth * amount * 0.6];
-const scaleOf = (depth, amount) => 1 + 2 * amount * depth + 0.01;
+// No motion (reduced motion) needs no margin: every layer at scale 1 is exactly the composite.
+const scaleOf = (depth, amount) => (amount > 0 ? 1 + 2 * amount * depth + 0.01 : 1);
 
 const VERTEX = `
 attribute vec2 aPos;
@@ -42,7 +43,7 @@ void main() {
   vec2 src = vUv;
   for (int i = 0; i < 4; i++) {
     float d = depthAt(src);
-    src = 0.5 + (vUv - 0.5 - uShift * d) / (1.0 + 2.0 * uAmount * d + 0.01);
+    src = 0.5 + (vUv - 0.5 - uShift * d) / (uAmount > 0.0 ? 1.0 + 2.0 * uAmount * d + 0.01 : 1.0);
   }
   vec4 c = texture2D(uColor, src);
   gl_FragColor = vec4(c.rgb * c.a, c.a);

@@ -154,7 +154,9 @@ def export_glb(stack: LayerStack, path: PathLike, *, settings: GlbSettings = Glb
         meshes.append(g.Mesh(name=layer.name, primitives=[g.Primitive(
             attributes=g.Attributes(POSITION=3 * index, TEXCOORD_0=3 * index + 1), indices=3 * index + 2,
             material=index)]))
-        nodes.append(g.Node(name=layer.name, mesh=index,
+        # The node sits at the card's centre (viewers sort transparent objects by their origin); the vertices are
+        # relative to it.
+        nodes.append(g.Node(name=layer.name, mesh=index, translation=[0.0, 0.0, -distance],
                             extras={"nearness": round(float(layer.nearness), 6), "distance": round(distance, 6)}))
     nodes.append(g.Node(name="camera", camera=0))
 
@@ -187,7 +189,7 @@ def _relief_band(distances: list[float], index: int) -> tuple[float, float]:
 
 
 def _card_mesh(depth, grid: tuple[int, int], aspect: float, distance: float, near: float, far: float):
-    """Vertices (x, y, z), texture coordinates and triangle indices of one card.
+    """Vertices (x, y, z) relative to the card's centre (0, 0, -distance), texture coordinates and triangle indices.
 
     A vertex at image position (u, v) (0..1, v down) lies on the camera ray through that point of the frame, at
     `distance`, or with a depth map at the distance of the map's nearness there, clamped into [near, far].
@@ -202,7 +204,8 @@ def _card_mesh(depth, grid: tuple[int, int], aspect: float, distance: float, nea
         small = Image.fromarray(np.asarray(depth, np.float32), "F").resize((nx + 1, ny + 1), Image.Resampling.BOX)
         dist = np.clip(card_distance(np.asarray(small, np.float64)), near, far)
     half_h = math.tan(CAMERA_YFOV / 2)
-    positions = np.stack([(2 * uu - 1) * half_h * aspect * dist, (1 - 2 * vv) * half_h * dist, -dist], axis=-1)
+    positions = np.stack([(2 * uu - 1) * half_h * aspect * dist, (1 - 2 * vv) * half_h * dist, distance - dist],
+                         axis=-1)
     uvs = np.stack([uu, vv], axis=-1)
     i = np.arange((nx + 1) * (ny + 1)).reshape(ny + 1, nx + 1)
     a, b, c, d = i[:-1, :-1], i[:-1, 1:], i[1:, :-1], i[1:, 1:]
