@@ -83,6 +83,8 @@ function buildRenderer(s) {
   if (!planes.length || planes.some((p) => !p.dataset.depthMap)) return null;
   const canvas = document.createElement("canvas");
   canvas.className = "lc-gl";
+  // Over the cards, whatever the page's CSS: the studio and parallax.html style the rest differently.
+  canvas.style.cssText = "position:absolute;inset:0;width:100%;height:100%;pointer-events:none;";
   canvas.setAttribute("aria-hidden", "true");
   let gl = null;
   try {

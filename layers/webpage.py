@@ -138,7 +138,6 @@ html, body { margin: 0; background: #15131a; color: #eee; font: 15px/1.4 system-
   touch-action: none; user-select: none; -webkit-user-select: none; cursor: crosshair; }
 .lc-viewer .lc-plane { position: absolute; inset: 0; width: 100%; height: 100%; object-fit: cover;
   transform: scale(1.01); transform-origin: 50% 50%; will-change: transform; pointer-events: none; }
-.lc-viewer .lc-gl { position: absolute; inset: 0; width: 100%; height: 100%; pointer-events: none; }
 .lc-viewer .lc-hint { position: absolute; left: 50%; bottom: 10px; transform: translateX(-50%);
   padding: 4px 12px; border-radius: 999px; font-size: 0.8rem; white-space: nowrap;
   background: rgba(0, 0, 0, 0.55); color: #fff; pointer-events: none; transition: opacity 0.4s; }
