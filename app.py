@@ -247,8 +247,8 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
         """Render a scene prompt into a background / midground / foreground stack.
 
         Returns the PSD, ORA, ZIP and MP4 files first, then the composite, the video, each layer over a
-        checkerboard, the depth maps, a JSON summary (with run_id, for /regenerate_layer), a status line, and the
-        plan (layer prompts, token counts, seeds).
+        checkerboard, the depth maps, a JSON summary (with run_id, for /regenerate_layer), a status line, the
+        plan (layer prompts, token counts, seeds), and last stack.glb and parallax.html.
         """
         options = GenerateOptions(
             steps=_whole(steps, "steps", _DEFAULTS.steps), guidance=_real(guidance, "guidance", _DEFAULTS.guidance),

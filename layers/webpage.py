@@ -131,8 +131,9 @@ def viewer_markup(layers: Sequence[dict], amount: float = VIEWER_AMOUNT) -> str:
 
 
 _PAGE_CSS = """
-html, body { margin: 0; background: #15131a; color: #eee; font: 15px/1.4 system-ui, sans-serif; }
-.lc-viewer { margin: 0 auto; padding: 8px; box-sizing: border-box; }
+body { margin: 0; background: #15131a; }
+.lc-viewer { margin: 0 auto; padding: 8px; box-sizing: border-box; background: #15131a; color: #eee;
+  font: 15px/1.4 system-ui, sans-serif; }
 .lc-viewer .lc-stage { position: relative; overflow: hidden; margin: 0 auto; border-radius: 10px;
   width: min(100%, calc((100vh - 56px) * var(--lc-ratio, 0.6667))); background: #000;
   touch-action: none; user-select: none; -webkit-user-select: none; cursor: crosshair; }
@@ -171,10 +172,11 @@ def export_html(stack: LayerStack, path: PathLike, *, title: str = "Layercake pa
         '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{html.escape(title)}</title>\n<style>{_PAGE_CSS}</style>\n</head>\n<body>\n"
-        f'<div class="lc-viewer" id="lc-viewer">{viewer_markup(viewer_layers(stack), amount)}</div>\n'
-        # The shared viewer code expects its root as `element`, as gr.HTML's js_on_load provides it.
-        f'<script>\n(function (element) {{\n"use strict";\n{script}\n}})(document.getElementById("lc-viewer"));\n'
-        "</script>\n</body>\n</html>\n")
+        f'<div class="lc-viewer">{viewer_markup(viewer_layers(stack), amount)}</div>\n'
+        # The shared viewer code expects its root as `element`, as gr.HTML's js_on_load provides it: the element
+        # just before the script, so the viewer can be pasted into a page more than once.
+        f'<script>\n(function (element) {{\n"use strict";\n{script}\n}})'
+        "(document.currentScript.previousElementSibling);\n</script>\n</body>\n</html>\n")
     with atomic_path(path) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return path

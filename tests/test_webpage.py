@@ -141,9 +141,30 @@ def test_reduced_motion_shows_the_still_composite(browser, page_file):
     context.close()
 
 
+def test_the_page_works_inside_an_iframe(browser, page_file):
+    host = page_file.parent / "host.html"
+    host.write_text('<!doctype html><p>My portfolio</p><iframe src="parallax.html" title="parallax" '
+                    'style="width:300px;height:450px;border:0"></iframe>', encoding="utf-8")
+    context = browser.new_context(viewport={"width": 520, "height": 640})
+    context.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://")
+                  else route.abort())
+    page = context.new_page()
+    page.goto(host.as_uri(), wait_until="load")
+    frame = page.frame_locator("iframe")
+    stage = frame.locator(".lc-stage")
+    stage.wait_for()
+    box = page.locator("iframe").bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.4, steps=4)
+    page.mouse.move(box["x"] + box["width"] * 0.95, box["y"] + box["height"] * 0.4, steps=6)
+    page.wait_for_timeout(1000)
+    assert float(stage.get_attribute("data-x")) > 0.5, "the viewer follows the pointer inside the iframe"
+    context.close()
+
+
 def test_the_page_embeds_every_layer_and_its_depth_map(page_file):
     text = page_file.read_text(encoding="utf-8")
-    assert text.count('<img class="lc-plane" src="data:image/png;base64,') == 3 and text.count("data-depth-map=\"data:image/png;base64,") == 3
+    assert text.count('<img class="lc-plane" src="data:image/png;base64,') == 3
+    assert text.count('data-depth-map="data:image/png;base64,') == 3
     assert "http://" not in text and "https://" not in text and "<link" not in text
     assert all(name in text for name in NAMES)
 
