@@ -11,6 +11,8 @@ const target = { x: 0, y: 0 };
 const current = { x: 0, y: 0 };
 let frame = null;
 let renderer = null;
+let last = 0;
+const EASE_MS = 70;
 
 const stage = () => element.querySelector(".lc-stage");
 const clamp = (v) => Math.max(-1, Math.min(1, v));
@@ -164,11 +166,14 @@ function drawGL(r, amount) {
   }
 }
 
-function draw() {
+function draw(now) {
   frame = null;
-  // Ease towards the pointer so the motion stays smooth when events arrive unevenly.
-  current.x += (target.x - current.x) * 0.2;
-  current.y += (target.y - current.y) * 0.2;
+  // Ease towards the pointer so the motion stays smooth when events arrive unevenly; by time, not by frame, so a
+  // slow device (or a software renderer) arrives as soon as a fast one.
+  const step = 1 - Math.exp(-Math.max(0, now - last) / EASE_MS);
+  last = now;
+  current.x += (target.x - current.x) * step;
+  current.y += (target.y - current.y) * step;
   const s = stage();
   if (!s) return;
   // Reduced motion: no shift and the same scale for every layer, which is the composite.
@@ -189,7 +194,10 @@ function draw() {
 }
 
 function schedule() {
-  if (frame === null) frame = requestAnimationFrame(draw);
+  if (frame === null) {
+    last = performance.now() - 16;  // after a pause, ease from one frame's worth, not from the pause
+    frame = requestAnimationFrame(draw);
+  }
 }
 
 function pointAt(clientX, clientY) {

@@ -38,11 +38,13 @@ import json, sys
 import numpy as np
 np.bool = bool  # Blender 3.4's glTF importer still uses np.bool, gone from numpy 1.24
 import bpy
-bpy.ops.wm.read_factory_settings(use_empty=True)
-bpy.ops.import_scene.gltf(filepath=sys.argv[-1])
-objects = [{"name": o.name, "type": o.type, "location": list(o.location),
-            "vertices": len(o.data.vertices) if o.type == "MESH" else 0} for o in bpy.data.objects]
-print("LAYERCAKE " + json.dumps(objects))
+found = {}
+for path in sys.argv[sys.argv.index("--") + 1:]:
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.import_scene.gltf(filepath=path)
+    found[path] = [{"name": o.name, "type": o.type, "location": list(o.location),
+                    "vertices": len(o.data.vertices) if o.type == "MESH" else 0} for o in bpy.data.objects]
+print("LAYERCAKE " + json.dumps(found))
 """
 
 
@@ -64,13 +66,13 @@ def gltf_validate(path) -> dict:
     return json.loads(done.stdout)
 
 
-def blender_objects(path) -> list[dict]:
-    """The objects Blender creates when it imports a .glb file: name, type, location, vertex count."""
+def blender_objects(*paths) -> dict[str, list[dict]]:
+    """The objects Blender creates when it imports each .glb file (name, type, location, vertex count), by path."""
     blender = shutil.which("blender")
     if blender is None:
         pytest.fail("blender missing: `apt-get install -y blender python3-numpy` (scripts/test.sh does)")
     done = subprocess.run([blender, "-b", "--factory-startup", "--python-exit-code", "1", "--python-expr",
-                           _BLENDER, "--", str(path)], capture_output=True, text=True, timeout=300,
+                           _BLENDER, "--", *map(str, paths)], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     lines = [line for line in done.stdout.splitlines() if line.startswith("LAYERCAKE ")]
     assert done.returncode == 0 and lines, done.stdout[-2000:] + done.stderr[-2000:]

@@ -101,8 +101,9 @@ def test_khronos_validator_finds_no_errors_flat_and_relief(glbs):
 
 
 def test_blender_imports_one_mesh_per_layer_and_the_camera(glbs):
+    imported = blender_objects(*glbs.values())
     for kind, path in glbs.items():
-        objects = blender_objects(path)
+        objects = imported[str(path)]
         meshes = [o for o in objects if o["type"] == "MESH"]
         assert sorted(o["name"] for o in meshes) == sorted(NAMES), (kind, objects)
         assert [o["name"] for o in objects if o["type"] == "CAMERA"] == ["camera"], (kind, objects)

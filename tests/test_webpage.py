@@ -63,7 +63,7 @@ def centroid(shot: np.ndarray, colour, rows=slice(None)) -> np.ndarray:
 
 def open_offline(browser, page_file, init_script=None, **context_options):
     """The page from file:// with every request that is not the file itself aborted and recorded."""
-    context = browser.new_context(viewport={"width": 520, "height": 640}, **context_options)
+    context = browser.new_context(viewport={"width": 360, "height": 520}, **context_options)
     if init_script:
         context.add_init_script(init_script)
     requests, errors = [], []
@@ -83,7 +83,11 @@ def shot(page) -> np.ndarray:
 def move_to(page, fx: float, fy: float = 0.5) -> None:
     box = page.locator(".lc-stage").bounding_box()
     page.mouse.move(box["x"] + box["width"] * fx, box["y"] + box["height"] * fy, steps=6)
-    page.wait_for_timeout(1200)  # the view eases towards the pointer
+    # The view eases towards the pointer: wait until it has arrived (it stays at 0 with reduced motion).
+    page.wait_for_function("([x, y]) => { const s = document.querySelector('.lc-stage'); return s.dataset.still || "
+                           "(Math.abs(s.dataset.x - x) < 0.004 && Math.abs(s.dataset.y - y) < 0.004); }",
+                           arg=[2 * fx - 1, 2 * fy - 1], timeout=15000)
+    page.wait_for_timeout(150)
 
 
 def marker_shifts(page) -> dict[str, float]:
@@ -145,7 +149,7 @@ def test_the_page_works_inside_an_iframe(browser, page_file):
     host = page_file.parent / "host.html"
     host.write_text('<!doctype html><p>My portfolio</p><iframe src="parallax.html" title="parallax" '
                     'style="width:300px;height:450px;border:0"></iframe>', encoding="utf-8")
-    context = browser.new_context(viewport={"width": 520, "height": 640})
+    context = browser.new_context(viewport={"width": 360, "height": 520})
     context.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://")
                   else route.abort())
     page = context.new_page()
