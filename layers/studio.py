@@ -5,9 +5,7 @@ the pipeline lives here, without gradio, so it can be used and tested on its own
 """
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 import logging
 import os
