@@ -25,6 +25,7 @@ import gradio as gr
 
 from layers.backends import BACKEND_CHOICES
 from layers.parallax import CAMERA_PATHS
+from layers.webpage import viewer_markup
 from layers.pipeline import GenerateOptions
 from layers.plan import LAYER_NAMES, LayerPlan, ScenePlan, size_for_aspect
 from layers.studio import Run, Studio
@@ -142,7 +143,7 @@ def notice_markdown(notices) -> str:
 
 
 def parallax_html(layers: list[dict], amount: float = VIEWER_AMOUNT) -> str:
-    """The interactive viewer: one absolutely placed image per layer; assets/parallax.js moves them.
+    """The interactive viewer (layers.webpage.viewer_markup); assets/parallax.js moves it.
 
     Args:
         layers: back to front, as Studio.viewer_layers returns them.
@@ -151,22 +152,7 @@ def parallax_html(layers: list[dict], amount: float = VIEWER_AMOUNT) -> str:
     Returns:
         HTML for the #parallax component.
     """
-    if not layers:
-        return EMPTY_VIEWER
-    near = [layer["nearness"] for layer in layers]
-    lo, hi = min(near), max(near)
-    width, height = layers[0]["width"], layers[0]["height"]
-    planes = []
-    for i, layer in enumerate(layers):
-        # Nearer layers move more; the spread is normalised so a flat scene still shows depth.
-        depth = 0.15 + 0.85 * ((layer["nearness"] - lo) / (hi - lo) if hi > lo else i / max(len(layers) - 1, 1))
-        planes.append(f'<img class="lc-plane" src="{layer["uri"]}" data-name="{html.escape(layer["name"])}" '
-                      f'data-depth="{depth:.3f}" alt="{html.escape(layer["name"])} layer" draggable="false">')
-    return (f'<div class="lc-stage" data-amount="{amount}" role="img" '
-            f'aria-label="Interactive parallax preview: move the pointer over it" '
-            f'style="aspect-ratio: {width} / {height}; --lc-ratio: {width / height:.5f};">'
-            + "".join(planes)
-            + '<div class="lc-hint">move the pointer or drag a finger across the scene</div></div>')
+    return viewer_markup(layers, amount) if layers else EMPTY_VIEWER
 
 
 EMPTY_VIEWER = ('<div class="lc-empty"><strong>Interactive parallax</strong><br>Generate a scene, then move the '
@@ -232,6 +218,8 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
             *plan_outputs(plan),
             state,
             state,
+            str(files["glb"]) if "glb" in files else None,
+            str(files["html"]) if "html" in files else None,
         ]
 
     @user_errors
@@ -259,8 +247,8 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
         """Render a scene prompt into a background / midground / foreground stack.
 
         Returns the PSD, ORA, ZIP and MP4 files first, then the composite, the video, each layer over a
-        checkerboard, the depth maps, a JSON summary (with run_id, for /regenerate_layer), a status line, and the
-        plan (layer prompts, token counts, seeds).
+        checkerboard, the depth maps, a JSON summary (with run_id, for /regenerate_layer), a status line, the
+        plan (layer prompts, token counts, seeds), and last stack.glb and parallax.html.
         """
         options = GenerateOptions(
             steps=_whole(steps, "steps", _DEFAULTS.steps), guidance=_real(guidance, "guidance", _DEFAULTS.guidance),
@@ -382,8 +370,14 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
                                                        min_width=70)
                                      for kind, label in (("psd", "⬇ PSD"), ("ora", "⬇ ORA"), ("zip", "⬇ ZIP"),
                                                          ("mp4", "⬇ MP4"))]
+                        # Returned after every older output, so clients that index outputs by position keep working.
+                        scene_downloads = [gr.DownloadButton(label, value=None, elem_id=f"dl-{kind}", size="md",
+                                                             min_width=70)
+                                           for kind, label in (("glb", "⬇ GLB"), ("html", "⬇ HTML"))]
                     gr.Markdown("PSD and ORA open as layers in Photoshop, Krita and GIMP; the ZIP holds the PNG "
-                                "layers, 16-bit depth maps and manifest.json.", elem_classes="lc-small lc-center")
+                                "layers, 16-bit depth maps, a composite + depth JPEG pair and manifest.json; the GLB "
+                                "is a glTF scene of depth cards with its camera (Blender, three.js); the HTML is "
+                                "this viewer in one file.", elem_classes="lc-small lc-center")
                 with gr.Tabs():
                     with gr.Tab("Composite"):
                         composite = gr.Image(label="Composite", type="filepath", interactive=False, height=520,
@@ -432,7 +426,7 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
 
         plan_view = [*layer_boxes, *layer_tokens, *layer_seeds, plan_summary]
         results = [*downloads, composite, video, *layer_images, depth_gallery, details, status, *plan_view,
-                   run_state, plan_state]
+                   run_state, plan_state, *scene_downloads]
         generate_inputs = [prompt, seed, width, height, *layer_boxes, steps, guidance, *strengths, depth_source,
                            reference, depth_file, parallax, plan_state]
         render = dict(outputs=results, concurrency_id="render", concurrency_limit=concurrency,

@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-model", help="depth estimator for --reference (hub id or local folder)")
     p.add_argument("--matte-model", help="rembg model name or .onnx under U2NET_HOME (default: offline matting)")
     p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
+    p.add_argument("--formats", default="all", metavar="LIST",
+                   help="exports to write, comma-separated: psd,ora,zip,mp4,glb,html (default: all)")
+    p.add_argument("--glb-relief", action="store_true",
+                   help="stack.glb cards become grids displaced by each layer's depth map")
 
     p = sub.add_parser("regenerate", help="re-render one layer of a stack; the others stay identical")
     p.add_argument("--from", dest="source", type=Path, required=True, help="a folder written by generate")
@@ -178,6 +182,9 @@ def _options(args, backend):
         kw["thresholds"] = tuple(args.thresholds)
     if args.matte_model:
         kw["matte_model"] = args.matte_model
+    if args.formats.strip() != "all":
+        kw["formats"] = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
+    kw["glb_relief"] = args.glb_relief
     return GenerateOptions(**kw)
 
 

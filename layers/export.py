@@ -363,7 +363,7 @@ def _check_composite(composite, stack: LayerStack) -> Image.Image:
 # --------------------------------------------------------------------------------------------- ZIP
 
 def export_zip(stack: LayerStack, manifest: Mapping, path: PathLike, *,
-               composite: Optional[Image.Image] = None) -> Path:
+               composite: Optional[Image.Image] = None, extras: Mapping[str, bytes] = {}) -> Path:
     """Write the stack as a ZIP of PNGs plus its manifest.
 
     Args:
@@ -372,10 +372,11 @@ def export_zip(stack: LayerStack, manifest: Mapping, path: PathLike, *,
             written as ``manifest.json`` unchanged.
         path: a ``.zip`` file.
         composite: the flattened image, if already computed (else ``stack.composite()``).
+        extras: more files to store, by name in the archive (e.g. layers.depthpair.depth_pair_files).
 
     Returns:
         The path written. Inside: ``layers/<name>.png`` (RGBA), ``depth/<name>.png`` (16-bit grey,
-        65535 = near), ``composite.png``, ``manifest.json``.
+        65535 = near), ``composite.png``, the extras, ``manifest.json``.
     """
     stack = _check_stack(stack)
     path = _check_suffix(path, ".zip")
@@ -387,6 +388,10 @@ def export_zip(stack: LayerStack, manifest: Mapping, path: PathLike, *,
         raise ValueError(f"manifest is not JSON-serialisable: {exc}") from exc
     merged = _check_composite(composite, stack)
     stems = _file_stems(stack.names)
+    clash = sorted(set(extras) & ({"composite.png", "manifest.json"} | {f"{d}/{s}.png" for s in stems
+                                                                        for d in ("layers", "depth")}))
+    if clash:
+        raise ValueError(f"extra ZIP entries clash with the stack's own files: {clash}")
     with atomic_path(path) as tmp:
         with zipfile.ZipFile(tmp, "w") as archive:
             for layer, stem in zip(stack, stems):
@@ -395,6 +400,8 @@ def export_zip(stack: LayerStack, manifest: Mapping, path: PathLike, *,
                 depth = _depth_image16(_check_depth(layer.depth))
                 _write_entry(archive, f"depth/{stem}.png", png_bytes(depth), zipfile.ZIP_STORED)
             _write_entry(archive, "composite.png", png_bytes(merged), zipfile.ZIP_STORED)
+            for name, data in extras.items():
+                _write_entry(archive, name, data, zipfile.ZIP_STORED)  # images, compressed already
             _write_entry(archive, "manifest.json", manifest_text.encode("utf-8"), zipfile.ZIP_DEFLATED)
     return path
 

@@ -24,12 +24,15 @@ from PIL import Image
 from . import __version__
 from .backends import Backend, RenderRequest, RenderSettings
 from .depth import DepthSettings, LayerDepth, build_depth_maps
+from .depthpair import depth_pair_files
 from .export import (export_ora, export_psd, export_zip, load_depth_png16, package_versions, save_depth_png16,
                      save_png)
+from .gltf import GlbSettings, export_glb
 from .matte import matte_rgba, new_matte_session
 from .parallax import CAMERA_PATHS, iter_parallax_frames, write_video
 from .plan import LAYER_NAMES, ScenePlan, plan_scene, with_layer
 from .stack import LayerStack, StackLayer
+from .webpage import export_html
 
 Progress = Callable[[float, str], None]
 """progress(fraction in [0, 1], description such as "midground: step 3/25")."""
@@ -37,6 +40,9 @@ Progress = Callable[[float, str], None]
 DEPTH_SOURCES = ("scaffold", "reference", "map")
 """Where depth conditioning comes from: the plan's procedural scaffold, a reference image (depth estimated from
 it), or a depth map given by the user (white = near)."""
+
+EXPORT_FORMATS = ("psd", "ora", "zip", "mp4", "glb", "html")
+"""Exports a stack can be written as (CLI --formats); all by default."""
 
 # Share of the progress bar each stage takes: rendering dominates with a real model.
 _RENDER_SPAN = (0.02, 0.80)
@@ -65,10 +71,19 @@ class GenerateOptions:
     """rembg model name, or an .onnx file under U2NET_HOME; None mattes offline from the depth prior."""
     video: bool = True
     """Write parallax.mp4."""
+    formats: tuple[str, ...] = EXPORT_FORMATS
+    """Which exports to write, any of EXPORT_FORMATS (the PNGs, composite and manifest are always written)."""
+    glb_relief: bool = False
+    """stack.glb cards are grids displaced by each layer's depth map instead of flat quads."""
 
     def __post_init__(self):
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        object.__setattr__(self, "formats", tuple(self.formats))
+        unknown = [f for f in self.formats if f not in EXPORT_FORMATS]
+        if unknown:
+            raise ValueError(f"unknown export format(s) {', '.join(map(repr, unknown))}; choose from "
+                             f"{', '.join(EXPORT_FORMATS)}")
         if not 1 <= self.steps <= 150:
             raise ValueError(f"steps must be 1..150, got {self.steps}")
         if not 0.0 <= self.guidance <= 30.0:
@@ -91,6 +106,7 @@ class GenerateOptions:
         d = dataclasses.asdict(self)
         d["strengths"] = list(self.strengths)
         d["thresholds"] = list(self.thresholds)
+        d["formats"] = list(self.formats)
         return d
 
 
@@ -265,6 +281,8 @@ OUTPUT_NAMES = {
     "ora": "stack.ora",
     "zip": "stack.zip",
     "mp4": "parallax.mp4",
+    "glb": "stack.glb",
+    "html": "parallax.html",
     "manifest": "manifest.json",
 }
 
@@ -370,9 +388,13 @@ def _write_all(result: StackResult, root: Path, report: Progress) -> dict[str, s
     manifest = build_manifest(result)
     steps = [("psd", lambda p: export_psd(stack, p, composite=composite)),
              ("ora", lambda p: export_ora(stack, p, composite=composite)),
-             ("zip", lambda p: export_zip(stack, manifest, p, composite=composite))]
+             ("zip", lambda p: export_zip(stack, manifest, p, composite=composite,
+                                          extras=depth_pair_files(stack, composite))),
+             ("glb", lambda p: export_glb(stack, p, settings=GlbSettings(relief=result.options.glb_relief))),
+             ("html", lambda p: export_html(stack, p, title=f"{result.plan.prompt[:80]} (Layercake parallax)"))]
     if result.options.video:
         steps.append(("mp4", lambda p: _write_parallax(result, p)))
+    steps = [(key, write) for key, write in steps if key in result.options.formats]
     for i, (key, write) in enumerate(steps):
         report(_MATTE_SPAN[1] + (0.99 - _MATTE_SPAN[1]) * i / len(steps), f"writing {OUTPUT_NAMES[key]}")
         t = time.perf_counter()

@@ -5,9 +5,7 @@ the pipeline lives here, without gradio, so it can be used and tested on its own
 """
 from __future__ import annotations
 
-import base64
 import hashlib
-import io
 import json
 import logging
 import os
@@ -28,6 +26,7 @@ from .images import MAX_IMAGE_PIXELS, open_image
 from .pipeline import (DEPTH_SOURCES, OUTPUT_NAMES, GenerateOptions, Progress, StackResult, generate, load_result,
                        regenerate_layer, write_outputs)
 from .plan import LAYER_NAMES, ScenePlan, check_prompt, plan_scene
+from .webpage import viewer_layers
 
 log = logging.getLogger(__name__)
 
@@ -358,28 +357,16 @@ class Studio:
                    previews=_write_previews(folder, result), cached=run_id.startswith(_EXAMPLE_PREFIX))
 
     def viewer_layers(self, run: Run) -> list[dict]:
-        """The layers of a run as small data URIs for the interactive parallax viewer.
+        """The layers of a run as small data URIs for the interactive parallax viewer, each with its depth map.
 
         Args:
             run: a finished Run.
 
         Returns:
-            Back to front: {"name", "nearness", "uri", "width", "height"} per layer (WebP with alpha, longest side at
-            most limits.viewer_side).
+            Back to front: {"name", "nearness", "uri", "depth_uri", "width", "height"} per layer (WebP with alpha,
+            longest side at most limits.viewer_side; the depth map, white = near, drives per-pixel parallax).
         """
-        out = []
-        for layer in run.result.stack:
-            img = layer.rgba
-            scale = min(1.0, self.limits.viewer_side / max(img.size))
-            if scale < 1.0:
-                img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                                 Image.Resampling.LANCZOS)
-            buf = io.BytesIO()
-            img.save(buf, "WEBP", quality=85, method=3)
-            out.append({"name": layer.name, "nearness": float(layer.nearness), "width": img.width,
-                        "height": img.height,
-                        "uri": "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode("ascii")})
-        return out
+        return viewer_layers(run.result.stack, max_side=self.limits.viewer_side, fmt="webp")
 
     def cleanup(self, now: Optional[float] = None) -> list[str]:
         """Remove result folders older than limits.max_age_hours, and the oldest beyond limits.max_runs.

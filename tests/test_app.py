@@ -215,6 +215,16 @@ def test_generate_returns_ora_zip_mp4_composite_and_previews(generated):
     assert [layer["name"] for layer in summary["layers"]] == list(LAYERS)
 
 
+def test_generate_returns_the_glb_and_the_web_page_after_every_older_output(generated):
+    _, out, _ = generated
+    # Clients index the outputs by position: the older ones keep theirs, the GLB and the page come last.
+    assert len(out) == 24
+    assert out[PSD].endswith(".psd") and out[ZIP].endswith(".zip") and out[SUMMARY]["backend"] == "draft"
+    glb, page = Path(out[-2]), Path(out[-1])
+    assert glb.suffix == ".glb" and glb.read_bytes()[:4] == b"glTF"
+    assert page.suffix == ".html" and page.read_text(encoding="utf-8").count('<img class="lc-plane" src="data:') == 3
+
+
 def test_regenerate_layer_changes_that_layer_and_keeps_the_others_identical(client, generated):
     _, out, _ = generated
     regen = client.predict(layer="foreground", run_id=out[SUMMARY]["run_id"], api_name="/regenerate_layer")

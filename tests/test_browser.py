@@ -81,6 +81,9 @@ def test_generate_in_the_browser_then_explore_the_parallax(browser, server, tmp_
     page.wait_for_function("document.querySelectorAll('#parallax img.lc-plane').length === 3", timeout=30000)
     page.wait_for_function("""() => Array.from(document.querySelectorAll('#parallax img.lc-plane'))
                                .every(i => i.complete && i.naturalWidth > 0)""", timeout=15000)
+    # Every stack gets per-pixel parallax: each layer carries its depth map, and WebGL draws with them.
+    page.wait_for_function("document.querySelector('#parallax .lc-stage').dataset.mode === 'webgl'", timeout=15000)
+    assert page.eval_on_selector_all("#parallax .lc-plane", "els => els.every(e => e.dataset.depthMap)")
     psd_button = page.locator("#dl-psd")
     psd_button.wait_for(timeout=30000)
     page.wait_for_function("!document.querySelector('#dl-psd').hasAttribute('disabled') && "
@@ -121,7 +124,7 @@ def test_generate_in_the_browser_then_explore_the_parallax(browser, server, tmp_
     from psd_tools import PSDImage
 
     assert [layer.name for layer in PSDImage.open(dest) if layer.visible] == ["background", "midground", "foreground"]
-    for kind in ("ora", "zip", "mp4"):
+    for kind in ("ora", "zip", "mp4", "glb", "html"):
         assert page.locator(f"#dl-{kind}").is_visible()
 
     # Regenerate the foreground only: its preview changes, the background's stays the same file.
