@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .backends.base import ModelUnavailableError
-from .backends.diffusers import hub_offline, load_pretrained, parse_model_source, unavailable_message
+from .models import hub_offline, load_pretrained, parse_model_source, unavailable_message
 
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 ESTIMATORS: tuple[str, ...] = ("transformers", "midas", "zoe", "leres")
