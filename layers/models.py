@@ -30,6 +30,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 LoadListener = Callable[[str], None]
 """listener(text): called with one line ("loading model ...", "downloading model ...") as weights load."""
 _LISTENERS: list[LoadListener] = []
+_LAST_LINE = ""
 _REACHABILITY: dict[tuple[str, int], Optional[str]] = {}
 _REACHABILITY_LOCK = threading.Lock()
 
@@ -163,6 +164,10 @@ def remove_load_listener(listener: LoadListener) -> None:
 
 
 def _announce(text: str) -> None:
+    global _LAST_LINE
+    if text == _LAST_LINE:  # a model's config and weights load one after the other: one line for both
+        return
+    _LAST_LINE = text
     logger.info(text)
     for listener in list(_LISTENERS):
         listener(text)
@@ -261,6 +266,7 @@ def load_pretrained(loader, src: ModelSource, what: str, local_only: bool, **kwa
     if not src.is_folder:
         kwargs.setdefault("cache_dir", hub_cache())
         _no_agent_lookup()
+    _announce(f"loading {what} {src.label}")
     attempts = (True,) if (src.is_folder or local_only) else (True, False)
     # Missing files are OSErrors in diffusers/transformers/huggingface_hub; a folder with a broken or foreign
     # config is a ValueError in transformers ("Unrecognized model").

@@ -227,3 +227,28 @@ def test_a_download_is_announced_to_listeners(monkeypatch):
         finally:
             models.remove_load_listener(heard.append)
     assert len(heard) == 1 and heard[0].startswith("downloading model org/model from http://127.0.0.1:")
+
+
+def test_while_the_model_loads_the_studio_address_shows_the_load_line(tmp_path, monkeypatch):
+    import urllib.request
+
+    from layers.loading_page import STATUS_PATH, LoadingPage
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    port = closed_port()
+    page = LoadingPage("127.0.0.1", port).start()
+    try:
+        models.load_pretrained(lambda *a, **k: None, models.parse_model_source("org/some-model", "model"), "model",
+                               local_only=True)
+        blobs = tmp_path / "hf_home" / "hub" / "models--org--some-model" / "blobs"
+        blobs.mkdir(parents=True)
+        (blobs / "abc.incomplete").write_bytes(b"\0" * 3_000_000)  # a download under way
+        front = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        status = urllib.request.urlopen(f"http://127.0.0.1:{port}{STATUS_PATH}", timeout=5).read().decode()
+    finally:
+        page.stop()
+    assert "Layercake is loading its model" in front and "loading model org/some-model" in front
+    assert status.startswith("loading model org/some-model; 3 MB downloaded so far")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gradio binds
+        s.bind(("127.0.0.1", port))  # the port is free again for the studio
