@@ -529,7 +529,7 @@ def launch_options(studio: Studio, *, host: Optional[str] = None, port: Optional
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Layercake studio: the web app.")
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default=os.environ.get("LAYERCAKE_BACKEND", "auto"),
-                        help="auto: diffusers when its weights load, else draft (default: %(default)s)")
+                        help="auto: diffusers with a GPU or weights already downloaded, else draft (default: %(default)s)")
     parser.add_argument("--model", default=os.environ.get("LAYERCAKE_MODEL"),
                         help="diffusers model: preset name, hub id or local folder")
     parser.add_argument("--controlnet", default=os.environ.get("LAYERCAKE_CONTROLNET"),

@@ -4,7 +4,8 @@ Usage: python bench/bench_cpu_stack.py              (full size: 512x768, 4 steps
        python bench/bench_cpu_stack.py --dry-run    (tiny configs at 96x64: checks the code in seconds)
 
 No hub access: the LCM-distilled SD1.5 UNet, the SD1.5 depth ControlNet, the VAE and the CLIP-L text encoder
-are built from their published configs (bench_diffusers_gpu.py) with random weights, in float32 on the CPU;
+are built from their published configs (bench_diffusers_gpu.py) with random weights, on the CPU in the dtype the
+CPU default preset uses there (bfloat16 where the CPU computes it natively, else float32; --dtype to choose);
 speed does not depend on weight values. The stack is what `python -m layers generate --backend diffusers`
 renders on a CPU: plan, depth maps, the three layers in one 4-step pipeline call (LCM has no classifier-free
 guidance, so the batch is 3), VAE decoding, matting of two layers, composite. One cold run, as a user's first
@@ -43,10 +44,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="tiny configs at 96x64: check the code")
     ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: what the CPU default preset uses here")
     args = ap.parse_args()
 
     import torch
 
+    from layers.backends.auto import cpu_dtype
     from layers.backends.diffusers import DiffusersBackend
     from layers.pipeline import GenerateOptions, build_stack
     from layers.plan import plan_scene
@@ -56,14 +59,15 @@ def main() -> None:
     params = sum(counts[k] for k in DOWNLOADED)
     print(f"lcm-sd15 download: {params:,} parameters x 4 bytes = {params * 4 / 1e9:.2f} GB "
           f"({', '.join(f'{k} {counts[k] / 1e6:.1f}M' for k in DOWNLOADED)})")
-    print(f"cpu: {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads; "
+    dtype = args.dtype or cpu_dtype()
+    print(f"cpu: {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, {dtype}; "
           f"load average before {loadavg()}", flush=True)
 
     w, h = (96, 64) if args.dry_run else (512, 768)
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = write_clip_tokenizer(Path(tmp) / "tokenizer")
         t = time.perf_counter()
-        pipe = build_pipeline("lcm", torch.device("cpu"), torch.float32, tokenizer, small=args.dry_run)
+        pipe = build_pipeline("lcm", torch.device("cpu"), getattr(torch, dtype), tokenizer, small=args.dry_run)
     print(f"built {'tiny' if args.dry_run else 'full-size'} lcm pipeline in {time.perf_counter() - t:.1f} s",
           flush=True)
     backend = DiffusersBackend.from_pipeline(pipe, model="random lcm-sd15")
@@ -84,7 +88,7 @@ def main() -> None:
     gaps = [(b - a, stamps[i - 1][1] if i else "start") for i, (a, b) in enumerate(zip(times, times[1:]))]
     longest, after = max(gaps)
     render = result.render_info.get("timings", {})
-    print(f"\nwhole stack {w}x{h}, {args.steps} steps, 3 layers ({result.render_info.get('batching')}): {total:.1f} s"
+    print(f"\nwhole stack {w}x{h}, {dtype}, {args.steps} steps, 3 layers ({result.render_info.get('batching')}): {total:.1f} s"
           f"  (depth {result.timings['depth']:.1f}, render {result.timings['render']:.1f} [text "
           f"{render.get('encode', 0):.1f}, pipeline {render.get('pipeline', 0):.1f}], matte {result.timings['matte']:.1f})")
     print(f"longest gap between progress updates: {longest:.1f} s (after '{after}')")
