@@ -11,6 +11,7 @@ import os
 import re
 import socket
 import threading
+import time
 import urllib.request
 import warnings
 from dataclasses import dataclass
@@ -31,7 +32,9 @@ LoadListener = Callable[[str], None]
 """listener(text): called with one line ("loading model ...", "downloading model ...") as weights load."""
 _LISTENERS: list[LoadListener] = []
 _LAST_LINE = ""
-_REACHABILITY: dict[tuple[str, int], Optional[str]] = {}
+REACHABILITY_TTL_SECONDS = 300.0
+"""How long an answer of the reachability check is kept (a long-running studio asks again after this)."""
+_REACHABILITY: dict[tuple[str, int], tuple[float, Optional[str]]] = {}
 _REACHABILITY_LOCK = threading.Lock()
 
 DOWNLOAD_PATTERNS = "--include '*.json' --include '*.txt' --include '*model.safetensors'"
@@ -111,8 +114,8 @@ def hub_unreachable_reason(timeout: float = HUB_PROBE_SECONDS) -> Optional[str]:
 
     The check connects to the endpoint's host and port (or to the proxy that urllib would use for it, from
     HTTPS_PROXY / HTTP_PROXY / NO_PROXY) and gives up after `timeout` seconds, name lookup included. The answer
-    is kept for the rest of the process, per address: the hub client itself retries for half a minute before it
-    says the same thing.
+    is kept per address for REACHABILITY_TTL_SECONDS (one command's whole run): the hub client itself retries for
+    half a minute before it says the same thing.
 
     Args:
         timeout: seconds to wait for the connection.
@@ -130,8 +133,9 @@ def hub_unreachable_reason(timeout: float = HUB_PROBE_SECONDS) -> Optional[str]:
         host, port = purl.hostname or "", purl.port or (443 if purl.scheme == "https" else 80)
     key = (host, port)
     with _REACHABILITY_LOCK:
-        if key in _REACHABILITY:
-            return _REACHABILITY[key]
+        known = _REACHABILITY.get(key)
+        if known is not None and time.monotonic() - known[0] < REACHABILITY_TTL_SECONDS:
+            return known[1]
     outcome: list[Optional[str]] = []
 
     def connect():
@@ -147,7 +151,7 @@ def hub_unreachable_reason(timeout: float = HUB_PROBE_SECONDS) -> Optional[str]:
     worker.join(timeout + 0.2)
     reason = outcome[0] if outcome else f"no answer within {timeout:g} s"
     with _REACHABILITY_LOCK:
-        _REACHABILITY[key] = reason
+        _REACHABILITY[key] = (time.monotonic(), reason)
     return reason
 
 

@@ -223,7 +223,10 @@ def test_reachability_goes_through_the_proxy_and_is_asked_once(monkeypatch):
         proxy.settimeout(0.5)
         proxy.accept()[0].close()
         with pytest.raises(socket.timeout):
-            proxy.accept()  # the second answer came from the per-process record
+            proxy.accept()  # the second answer came from the record
+        monkeypatch.setattr(models, "REACHABILITY_TTL_SECONDS", 0.0)
+        assert models.hub_unreachable_reason() is None
+        proxy.accept()[0].close()  # an old answer is asked again (a long-running studio)
 
 
 def test_a_download_is_announced_to_listeners(monkeypatch):
