@@ -523,7 +523,7 @@ def launch_options(studio: Studio, *, host: Optional[str] = None, port: Optional
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Layercake studio: the web app.")
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default=os.environ.get("LAYERCAKE_BACKEND", "auto"),
-                        help="auto: diffusers when its weights load, else draft (default: %(default)s)")
+                        help="auto: diffusers with a GPU or weights already downloaded, else draft (default: %(default)s)")
     parser.add_argument("--model", default=os.environ.get("LAYERCAKE_MODEL"),
                         help="diffusers model: preset name, hub id or local folder")
     parser.add_argument("--controlnet", default=os.environ.get("LAYERCAKE_CONTROLNET"),
@@ -549,20 +549,45 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def _loading_page(args):
+    """While a model loads (minutes on a first run: a download), a page on the studio's address says so."""
+    from layers.backends.auto import choose
+    from layers.loading_page import LoadingPage
+
+    options = {k: v for k, v in (("model", args.model), ("controlnet", args.controlnet)) if v}
+    if choose(args.backend, options)[0] != "diffusers":
+        return None
+    host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
+    port = args.port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    try:
+        page = LoadingPage(host, port).start()
+    except OSError as exc:  # the port is taken: gradio will say so itself when it launches
+        logging.getLogger(__name__).info("no loading page on %s:%s (%s)", host, port, exc)
+        return None
+    print(f"layercake: loading the model; http://{host}:{port} shows its progress until the studio opens",
+          flush=True)
+    return page
+
+
 def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own health checks, one line per request
     args = parse_args(argv)
     seeds = load_seeds()
+    waiting = _loading_page(args)
     try:
         studio = Studio.create(args.backend, model=args.model, controlnet=args.controlnet, output_root=args.output_dir,
                                cached_prompts=[seeds[0].text] if seeds else [], concurrency=args.max_concurrency,
                                depth_model=args.depth_model)
     except ValueError as exc:
+        if waiting:
+            waiting.stop()
         sys.exit(f"layercake: {exc}")
     for line in studio.notices:
         print(f"layercake: {line}", flush=True)
     demo = build_demo(studio, seeds=seeds)
+    if waiting:
+        waiting.stop()  # the studio takes the port over; the waiting page reloads into it
     _, local_url, share_url = demo.launch(**launch_options(studio, host=args.host, port=args.port, share=args.share,
                                                             auth=args.auth), prevent_thread_lock=True)
     if args.share:

@@ -182,8 +182,9 @@ def build_pipeline(family: str, device, dtype, tokenizer, small: bool):
     return pipe
 
 
-def count_full_size_params() -> None:
-    """Instantiate every full-size component on the meta device and compare with the published counts."""
+def count_full_size_params(report: bool = True) -> dict[str, int]:
+    """Instantiate every full-size component on the meta device, compare with the published counts (when
+    `report`), and return the counts by component."""
     import torch
     from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -202,11 +203,13 @@ def count_full_size_params() -> None:
             "sdxl depth controlnet": n(ControlNetModel(**SDXL_CONTROLNET)),
             "clip-bigG text+projection": n(CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_BIGG))),
         }
-    print(f"{'full-size component':<28}{'parameters':>16}{'published':>16}")
-    for name, count in counts.items():
-        ref = PUBLISHED_PARAMS.get(name)
-        mark = "" if ref is None else ("  ok" if count == ref else "  DIFFERS")
-        print(f"{name:<28}{count:>16,}{(f'{ref:,}' if ref else '-'):>16}{mark}")
+    if report:
+        print(f"{'full-size component':<28}{'parameters':>16}{'published':>16}")
+        for name, count in counts.items():
+            ref = PUBLISHED_PARAMS.get(name)
+            mark = "" if ref is None else ("  ok" if count == ref else "  DIFFERS")
+            print(f"{name:<28}{count:>16,}{(f'{ref:,}' if ref else '-'):>16}{mark}")
+    return counts
 
 
 class StepClock:

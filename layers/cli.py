@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def backend_args(p, default):
         p.add_argument("--backend", choices=BACKEND_CHOICES, default=default,
-                       help="auto = diffusers when its weights load, else draft (default %(default)s)")
+                       help="auto = diffusers with a GPU or weights already downloaded, else draft "
+                            "(default %(default)s); diffusers without a GPU defaults to --model lcm-sd15")
         p.add_argument("--model", help="diffusers preset (sd15, sdxl, ...), hub id or local pipeline folder")
         p.add_argument("--controlnet", help="depth ControlNet hub id or local folder")
         p.add_argument("--device", help="diffusers device: cuda, cuda:1, cpu (default: cuda when there)")

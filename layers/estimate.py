@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from .backends.base import ModelUnavailableError
-from .backends.diffusers import hub_offline, load_pretrained, parse_model_source, unavailable_message
+from .models import hub_cache, hub_offline, load_pretrained, parse_model_source, require_hub, unavailable_message
 
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"
 ESTIMATORS: tuple[str, ...] = ("transformers", "midas", "zoe", "leres")
@@ -153,11 +153,17 @@ def _aux_estimator(estimator: str, model: str, device: str, local_only: bool):
         src = parse_model_source(model, what)
         location = src.location
         try:
-            if local_only and not src.is_folder:
-                # controlnet_aux downloads on its own; offline, hand it the cached snapshot folder instead.
+            if not src.is_folder:
+                # controlnet_aux downloads on its own: hand it the cached snapshot folder when there is one, and
+                # let it download only when the hub answers.
                 from huggingface_hub import snapshot_download
 
-                location = snapshot_download(src.location, local_files_only=True)
+                try:
+                    location = snapshot_download(src.location, local_files_only=True, cache_dir=hub_cache())
+                except OSError:
+                    if local_only:
+                        raise
+                    require_hub(src, what)
             detector = detector_cls.from_pretrained(location)
         except OSError as exc:  # the hub client's "not cached" errors are OSErrors too
             raise ModelUnavailableError(unavailable_message(src, what, local_only, exc)) from exc

@@ -17,7 +17,8 @@ _REGISTRY: dict[str, str] = {
 }
 BACKEND_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 BACKEND_CHOICES: tuple[str, ...] = ("auto",) + BACKEND_NAMES
-"""What a user may ask for: "auto" is diffusers when its weights load, else draft."""
+"""What a user may ask for: "auto" is diffusers when it serves this machine at once (an accelerator, or weights
+already downloaded), else draft (see layers.backends.auto)."""
 
 
 def get_backend(name: str, **options) -> Backend:
@@ -41,29 +42,35 @@ def get_backend(name: str, **options) -> Backend:
 
 
 def resolve_backend(name: str = "auto", **options) -> tuple[Backend, Optional[str]]:
-    """Build the backend a user asked for, falling back from "auto" to draft when no weights are reachable.
+    """Build the backend a user asked for: "auto" decides without the network (see layers.backends.auto).
 
     Args:
         name: "auto", or one of BACKEND_NAMES.
         **options: diffusers options (model=, controlnet=, ...); ignored by draft.
 
     Returns:
-        (backend, notice): notice is a one-line message for the user when "auto" fell back to draft, else None.
+        (backend, notice): notice is one line for the user (why "auto" draws drafts and how to opt in, or which
+        preset "diffusers" took on a CPU), else None.
 
     Raises:
         ValueError: unknown name; ModelUnavailableError when "diffusers" was asked for explicitly and cannot load.
     """
     if name not in BACKEND_CHOICES:
         raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_CHOICES)}")
-    if name == "draft":
-        return get_backend("draft"), None
-    if name == "diffusers":
-        return get_backend("diffusers", **options), None
-    try:
-        return get_backend("diffusers", **options), None
-    except (ModelUnavailableError, ImportError) as exc:
-        notice = f"Draft mode: procedural layout preview, no model weights loaded ({exc})"
+    from .auto import DRAFT_PREFIX, choose
+
+    chosen, picked, notice = choose(name, options)
+    if chosen == "draft":
         return get_backend("draft"), notice
+    try:
+        backend = get_backend("diffusers", **picked)
+    except (ModelUnavailableError, ImportError) as exc:
+        if name == "diffusers":
+            raise
+        return get_backend("draft"), f"{DRAFT_PREFIX} ({exc})"
+    if picked.get("model") != options.get("model"):  # the manifest says the preset was chosen, not asked for
+        backend.model_info["preset_chosen"] = "cpu default" if name == "diffusers" else "found in the local cache"
+    return backend, notice
 
 
 __all__ = ["BACKEND_CHOICES", "BACKEND_NAMES", "ModelUnavailableError", "resolve_backend", "Backend", "ProgressCallback", "RenderRequest", "RenderResult", "RenderSettings",

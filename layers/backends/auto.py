@@ -1,0 +1,130 @@
+"""What `--backend auto` renders with on this machine, and which preset `--backend diffusers` takes on a CPU.
+
+`auto` means: the model when it serves this machine at once, else the draft renderer with one line saying why and
+how to opt in. The model serves at once when there is an accelerator (CUDA, MPS, a Hugging Face ZeroGPU Space), or
+when its weights are already on this machine. Deciding never touches the network: a laptop with no GPU and an
+empty cache starts in draft mode immediately instead of downloading gigabytes or waiting on hub retries.
+
+Without an accelerator, `--backend diffusers` with no `--model` takes the few-step preset (lcm-sd15, 4 steps),
+in bfloat16 where the CPU computes it natively: 25 steps of the full SD1.5 preset in float32 are many minutes per
+stack on a CPU. `--model sd15` still picks the full preset (float32 unless --dtype says otherwise).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+from ..models import cached_files, parse_model_source
+from .base import ModelUnavailableError
+from .diffusers import DEFAULT_PRESET, PRESETS
+
+CPU_PRESET = "lcm-sd15"
+"""The preset `--backend diffusers` takes without an accelerator (and `auto` looks for in the cache)."""
+CPU_PRESET_DOWNLOAD_GB = 5.7
+"""One-time download of the lcm-sd15 preset: 1,427,596,347 float32 parameters (LCM UNet 859.6M, CLIP-L text
+encoder 123.1M, VAE 83.7M, SD1.5 depth ControlNet 361.3M), counted from the published configs by
+bench/bench_cpu_stack.py, x 4 bytes of safetensors."""
+CPU_STACK_SECONDS = 100
+"""A 512x768 lcm-sd15 stack (3 layers, 4 steps, bfloat16, matting, composite) on 2 idle CPU cores with AMX,
+from bench/bench_cpu_stack.py's process CPU time on a shared 2-core machine: 33 CPU-seconds for a denoising step
+of the three layers, 61 for the VAE decoding, 2 for matting and composite, about 200 CPU-seconds in all, which 2
+threads spend in about 100 s where nothing else runs. Its wall time there, at a load average of 12-18, was 903 s.
+Where the CPU has no native bfloat16 the preset renders in float32, about 4 times slower."""
+
+DRAFT_PREFIX = "Draft mode: procedural layout preview, no model weights loaded"
+
+
+def accelerator() -> Optional[str]:
+    """The accelerator torch would render on ("cuda", "mps"), or None. Imports torch only where one may exist.
+
+    A ZeroGPU Space (SPACES_ZERO_GPU set) counts as CUDA: its GPU is attached per request, not at start.
+    """
+    if os.environ.get("SPACES_ZERO_GPU"):
+        return "cuda"
+    if sys.platform.startswith("linux") and not any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg")):
+        return None  # no NVIDIA/ROCm/WSL GPU device: skip the seconds torch takes to import just to say so
+    try:
+        import torch
+    except ImportError:
+        return None
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else None
+
+
+def cpu_dtype() -> str:
+    """The dtype the CPU default preset renders in: bfloat16 where the CPU multiplies it natively (AMX or
+    AVX512-BF16: 4x float32's speed measured on such a CPU), else float32 (bfloat16 emulated is slower)."""
+    import torch
+
+    cpu = getattr(torch, "cpu", None)
+    native = any(getattr(cpu, name, lambda: False)() for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return "bfloat16" if native else "float32"
+
+
+def weights_cached(model: str, controlnet: Optional[str] = None) -> bool:
+    """Whether `model` (a preset, hub id or folder) and its depth ControlNet load without a download."""
+    preset = PRESETS.get(model)
+    try:
+        src = parse_model_source(preset.model if preset else model, "model")
+        cn = controlnet or (preset.controlnet if preset else None)
+        cn_src = parse_model_source(cn, "controlnet") if cn else None
+    except ModelUnavailableError:
+        return False
+    return cached_files(src, pipeline=True) and (cn_src is None or cached_files(cn_src, pipeline=False))
+
+
+def cpu_cost() -> str:
+    """What the model costs on this kind of machine, in the words of the notices."""
+    return (f"the {CPU_PRESET} preset downloads once (about {CPU_PRESET_DOWNLOAD_GB:g} GB) and renders a 512x768 "
+            f"stack in about {CPU_STACK_SECONDS} s on 2 idle CPU cores")
+
+
+def _cpu_options(options: dict, model: str) -> dict:
+    picked = dict(options, model=model)
+    if model == CPU_PRESET:
+        picked.setdefault("dtype", cpu_dtype())
+    return picked
+
+
+def choose(name: str, options: dict) -> tuple[str, dict, Optional[str]]:
+    """The backend to build for what the user asked, without touching the network.
+
+    Args:
+        name: "auto", "draft" or "diffusers".
+        options: the diffusers options the user gave (model=, controlnet=, device=, ...).
+
+    Returns:
+        (backend name, its options, notice): notice is one line for the terminal and the page, or None.
+    """
+    if name == "draft":
+        return "draft", {}, None
+    on_cpu = options.get("device") in (None, "cpu") and (options.get("device") == "cpu" or accelerator() is None)
+    if not on_cpu:
+        return "diffusers", options, None
+    if name == "diffusers":
+        picked = _cpu_options(options, options.get("model") or CPU_PRESET)
+        if options.get("model"):
+            return "diffusers", picked, None
+        notice = (f"No GPU here: rendering on the CPU with the few-step {CPU_PRESET} preset "
+                  f"({PRESETS[CPU_PRESET].steps} steps, {picked['dtype']}; {cpu_cost()}); --model "
+                  f"{DEFAULT_PRESET} takes the full preset ({PRESETS[DEFAULT_PRESET].steps} steps)")
+        return "diffusers", picked, notice
+    # auto on a CPU: the model only when nothing has to be downloaded
+    for model in [options["model"]] if options.get("model") else [CPU_PRESET, DEFAULT_PRESET]:
+        if weights_cached(model, options.get("controlnet")):
+            return "diffusers", _cpu_options(options, model), None
+    if options.get("model"):
+        why = f"no GPU here, and {options['model']!r} is not downloaded yet"
+    else:
+        why = "no GPU here, and no model is downloaded yet"
+    notice = (f"{DRAFT_PREFIX} ({why}). For real images on this CPU, start with --backend diffusers: "
+              f"{cpu_cost()}.")
+    return "draft", {}, notice
+
+
+__all__ = ["CPU_PRESET", "CPU_PRESET_DOWNLOAD_GB", "CPU_STACK_SECONDS", "accelerator", "choose", "cpu_dtype",
+           "weights_cached"]

@@ -1,0 +1,268 @@
+"""Where weights come from, and what `auto` renders with: never the network to decide, one fast line when the hub
+is out of reach, the model when an accelerator or the downloaded weights serve, the few-step preset on a CPU."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+
+import pytest
+
+from layers.backends import resolve_backend
+from layers.backends import auto
+from layers.backends.auto import CPU_PRESET, CPU_PRESET_DOWNLOAD_GB, CPU_STACK_SECONDS, choose, cpu_dtype
+from layers.backends.base import ModelUnavailableError
+from layers.backends.diffusers import PRESETS
+from layers import models
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def network_calls(monkeypatch):
+    """Every outbound connection and name lookup is refused and recorded."""
+    calls = []
+
+    def refuse(self, address, *a, **k):
+        calls.append(address)
+        raise OSError("network blocked by the test")
+
+    def no_lookup(host, *a, **k):
+        calls.append(host)
+        raise socket.gaierror("name lookup blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    return calls
+
+
+@pytest.fixture
+def online(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE unset (for this project's code and for the hub client), an empty HF cache, no GPU."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_TELEMETRY", hub_constants.HF_HUB_DISABLE_TELEMETRY)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setattr(auto, "accelerator", lambda: None)
+    return tmp_path / "hf_home"
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def put_in_hub_cache(hf_home, repo_id: str, folder):
+    """Lay a saved model out as the hub client caches it: models--org--name/{refs/main, snapshots/<rev>/...}."""
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / REVISION)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(REVISION)
+
+
+@pytest.fixture
+def cached_lcm(online, tiny_lcm_dir):
+    """The tiny few-step pipeline in the HF cache under the lcm-sd15 preset's ids (model and ControlNet)."""
+    put_in_hub_cache(online, PRESETS[CPU_PRESET].model, tiny_lcm_dir)
+    put_in_hub_cache(online, PRESETS[CPU_PRESET].controlnet, tiny_lcm_dir / "controlnet")
+    return online
+
+
+def test_auto_without_accelerator_or_weights_is_draft_at_once_with_how_to_opt_in(online, network_calls):
+    backend, notice = resolve_backend("auto")
+    assert backend.name == "draft"
+    assert network_calls == [], "deciding must not touch the network"
+    assert "\n" not in notice and notice.startswith("Draft mode")
+    assert "no GPU here" in notice and "--backend diffusers" in notice
+    assert f"about {CPU_PRESET_DOWNLOAD_GB:g} GB" in notice and f"about {CPU_STACK_SECONDS} s" in notice
+
+
+def test_auto_with_the_weights_in_the_hub_cache_loads_the_model_without_the_network(cached_lcm, network_calls):
+    backend, notice = resolve_backend("auto")
+    assert backend.name == "diffusers" and notice is None
+    assert backend.model_info["preset"] == CPU_PRESET and backend.few_step
+    assert backend.model_info["preset_chosen"] == "found in the local cache"
+    assert backend.model_info["dtype"] == cpu_dtype()
+    assert network_calls == []
+
+
+def test_auto_with_a_model_half_downloaded_is_draft(online, tiny_lcm_dir, network_calls):
+    put_in_hub_cache(online, PRESETS[CPU_PRESET].model, tiny_lcm_dir)
+    (online / "hub" / ("models--" + PRESETS[CPU_PRESET].model.replace("/", "--")) / "snapshots" / REVISION / "unet"
+     / "diffusion_pytorch_model.safetensors").unlink()
+    backend, notice = resolve_backend("auto")
+    assert backend.name == "draft" and "no model is downloaded yet" in notice
+    assert network_calls == []
+
+
+def test_auto_with_an_accelerator_picks_the_model_and_decides_offline(online, monkeypatch, network_calls):
+    monkeypatch.setattr(auto, "accelerator", lambda: "cuda")
+    assert choose("auto", {}) == ("diffusers", {}, None)
+    # With HF_HUB_OFFLINE and nothing cached, the model load is what fails; its one line says which model.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backend, notice = resolve_backend("auto")
+    assert backend.name == "draft" and PRESETS["sd15"].model in notice and "HF_HUB_OFFLINE=1" in notice
+    assert network_calls == []
+
+
+@pytest.mark.parametrize("native, dtype", [(True, "bfloat16"), (False, "float32")])
+def test_the_cpu_preset_renders_in_bfloat16_only_where_the_cpu_computes_it_natively(native, dtype, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert cpu_dtype() == dtype
+
+
+def test_a_zero_gpu_space_counts_as_an_accelerator(monkeypatch):
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert auto.accelerator() == "cuda"
+
+
+def test_on_a_cpu_diffusers_defaults_to_the_few_step_preset_and_says_so(online):
+    backend_name, options, notice = choose("diffusers", {})
+    assert (backend_name, options) == ("diffusers", {"model": CPU_PRESET, "dtype": cpu_dtype()})
+    assert f"{CPU_PRESET} preset (4 steps, {cpu_dtype()}" in notice and "--model sd15" in notice
+    assert "\n" not in notice and f"about {CPU_STACK_SECONDS} s" in notice
+    assert choose("diffusers", {"dtype": "float32"})[1]["dtype"] == "float32"
+    assert choose("diffusers", {"model": "sd15"}) == ("diffusers", {"model": "sd15"}, None)
+    assert choose("diffusers", {"device": "cuda"})[1] == {"device": "cuda"}
+
+
+def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, tmp_path, capsys):
+    from layers.cli import main
+
+    out = tmp_path / "stack"
+    code = main(["generate", "--prompt", "a quiet harbour, a lighthouse, rocks", "--backend", "diffusers",
+                 "--width", "64", "--height", "96", "--no-video", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert f"few-step {CPU_PRESET} preset" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["preset"] == CPU_PRESET
+    assert manifest["models"]["model"] == PRESETS[CPU_PRESET].model
+    assert manifest["render"]["preset_chosen"] == "cpu default"
+    assert manifest["options"]["steps"] == PRESETS[CPU_PRESET].steps == 4
+    assert manifest["render"]["dtype"] == cpu_dtype()
+
+
+@pytest.fixture(scope="module")
+def model_libraries():
+    """Import the model libraries before timing a load (their import is seconds, not a hub wait)."""
+    import diffusers  # noqa: F401
+    import transformers  # noqa: F401
+
+    from layers.backends.diffusers import _import_diffusers
+    _import_diffusers()
+
+
+@pytest.mark.parametrize("load", ["diffusers", "depth"])
+def test_with_the_hub_unreachable_a_load_fails_in_one_line_at_once(load, online, monkeypatch, model_libraries):
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    t = time.perf_counter()
+    with pytest.raises(ModelUnavailableError) as err:
+        if load == "diffusers":
+            from layers.backends.diffusers import DiffusersBackend
+
+            DiffusersBackend(model=CPU_PRESET)
+        else:
+            from layers.estimate import estimate_depth
+
+            estimate_depth(__import__("numpy").zeros((8, 8, 3), "uint8"))
+    assert time.perf_counter() - t < 2.0
+    text = str(err.value)
+    assert "\n" not in text and f"the hub {endpoint} cannot be reached (connection refused)" in text
+    assert "hf download" in text
+
+
+def test_reference_with_the_hub_unreachable_is_one_line_and_exit_2(online, monkeypatch, tmp_path, capsys,
+                                                                  model_libraries):
+    from PIL import Image
+
+    from layers.cli import main
+
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    Image.new("RGB", (32, 24), (90, 120, 200)).save(tmp_path / "ref.png")
+    t = time.perf_counter()
+    code = main(["generate", "--prompt", "a hall, a figure", "--reference", str(tmp_path / "ref.png"),
+                 "--backend", "draft", "--out", str(tmp_path / "out")])
+    seconds = time.perf_counter() - t
+    err = capsys.readouterr().err
+    assert code == 2 and seconds < 2.0
+    assert len(err.strip().splitlines()) == 1 and "cannot be reached" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_offline_loads_touch_no_network(online, monkeypatch, network_calls):
+    from layers.backends.diffusers import DiffusersBackend
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelUnavailableError, match="HF_HUB_OFFLINE=1"):
+        DiffusersBackend(model=CPU_PRESET)
+    assert network_calls == []
+
+
+def test_reachability_goes_through_the_proxy_and_is_asked_once(monkeypatch):
+    with socket.socket() as proxy:
+        proxy.bind(("127.0.0.1", 0))
+        proxy.listen(4)
+        port = proxy.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")  # no such name: only the proxy is reachable
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        assert models.hub_unreachable_reason() is None
+        assert models.hub_unreachable_reason() is None
+        proxy.settimeout(0.5)
+        proxy.accept()[0].close()
+        with pytest.raises(socket.timeout):
+            proxy.accept()  # the second answer came from the record
+        monkeypatch.setattr(models, "REACHABILITY_TTL_SECONDS", 0.0)
+        assert models.hub_unreachable_reason() is None
+        proxy.accept()[0].close()  # an old answer is asked again (a long-running studio)
+
+
+def test_a_download_is_announced_to_listeners(monkeypatch):
+    heard = []
+    with socket.socket() as hub:
+        hub.bind(("127.0.0.1", 0))
+        hub.listen(1)
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.getsockname()[1]}")
+        models.add_load_listener(heard.append)
+        try:
+            models.require_hub(models.parse_model_source("org/model", "model"), "model")
+        finally:
+            models.remove_load_listener(heard.append)
+    assert len(heard) == 1 and heard[0].startswith("downloading model org/model from http://127.0.0.1:")
+
+
+def test_while_the_model_loads_the_studio_address_shows_the_load_line(tmp_path, monkeypatch):
+    import urllib.request
+
+    from layers.loading_page import STATUS_PATH, LoadingPage
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    port = closed_port()
+    page = LoadingPage("127.0.0.1", port).start()
+    try:
+        models.load_pretrained(lambda *a, **k: None, models.parse_model_source("org/some-model", "model"), "model",
+                               local_only=True)
+        blobs = tmp_path / "hf_home" / "hub" / "models--org--some-model" / "blobs"
+        blobs.mkdir(parents=True)
+        (blobs / "abc.incomplete").write_bytes(b"\0" * 3_000_000)  # a download under way
+        front = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
+        status = urllib.request.urlopen(f"http://127.0.0.1:{port}{STATUS_PATH}", timeout=5).read().decode()
+    finally:
+        page.stop()
+    assert "Layercake is loading its model" in front and "loading model org/some-model" in front
+    assert status.startswith("loading model org/some-model; 3 MB downloaded so far")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gradio binds
+        s.bind(("127.0.0.1", port))  # the port is free again for the studio
