@@ -41,7 +41,8 @@ from .matte import MatteSettings, matte_layer
 from .stack import LayerStack, StackLayer, with_alpha
 
 __all__ = ["DecomposeSettings", "Decomposition", "MAX_LAYERS", "MIN_LAYERS", "MIN_SIDE", "choose_thresholds",
-           "check_picture", "decompose", "layer_names", "load_depth", "load_picture", "prepare_depth"]
+           "check_picture", "decompose", "hidden_mask", "layer_names", "load_depth", "load_picture", "prepare_depth",
+           "repaint_layer"]
 
 MIN_LAYERS, MAX_LAYERS = 2, 6
 MIN_SIDE = 32
@@ -335,7 +336,8 @@ def decompose(image: Image.Image, depth, *, layers: LayerCount = 3, thresholds: 
         t = time.perf_counter()
         report(0.6, "repainting hidden parts")
         try:
-            repainted = _repaint(backend, colours, depths, filled, names, seed, settings, report)
+            seeds = {k: _layer_seed(seed, k) for k in range(len(names))}
+            repainted, _ = _repaint(backend, colours, depths, filled, names, seeds, settings, report)
         except ModelUnavailableError as exc:
             notices.append(f"model-mode inpainting unavailable ({exc}); hidden parts filled offline")
         else:
@@ -460,13 +462,15 @@ def _farness(d: np.ndarray, where: np.ndarray, bias: float) -> np.ndarray:
     return np.exp(-bias * np.clip(d - lo, 0.0, None) / span).astype(np.float32)
 
 
-def _repaint(backend, colours, depths, filled, names, seed: int, settings: DecomposeSettings, report) -> dict:
-    """One batched repaint call for every layer with hidden parts: index -> float RGB (H, W, 3)."""
+def _repaint(backend, colours, depths, filled, names, seeds, settings: DecomposeSettings, report):
+    """One batched repaint call for every layer with hidden parts -> ({index: float RGB (H, W, 3)}, info).
+
+    ``colours`` and ``seeds`` are indexable by layer index (the start pixels, each layer's seed)."""
     from scipy import ndimage
 
     order = [k for k in range(len(names) - 1) if filled[k].any()]
     if not order:
-        return {}
+        return {}, {}
     h, w = filled[0].shape
     requests = []
     for k in order:
@@ -475,7 +479,7 @@ def _repaint(backend, colours, depths, filled, names, seed: int, settings: Decom
         start = Image.fromarray(np.clip(colours[k] * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
         requests.append(RepaintRequest(name=names[k], prompt=settings.prompt, negative_prompt=settings.negative_prompt,
                                        image=start, control=check_unit_map(depths[k], f"{names[k]} depth"),
-                                       seed=_layer_seed(seed, k), mask=mask))
+                                       seed=int(seeds[k]), mask=mask))
 
     def on_step(layer: str, step: int, total: int) -> None:
         report(0.6 + 0.3 * step / max(total, 1), f"repainting {layer}: step {step}/{total}")
@@ -486,4 +490,57 @@ def _repaint(backend, colours, depths, filled, names, seed: int, settings: Decom
     out = {}
     for k, img in zip(order, result.images):
         out[k] = np.asarray(img.convert("RGB").resize((w, h), Image.BICUBIC), dtype=np.float32) / 255.0
-    return out
+    return out, dict(result.info)
+
+
+def hidden_mask(stack: LayerStack, name: str) -> np.ndarray:
+    """Where a layer holds content that the nearer layers cover completely: bool (H, W)."""
+    index = stack.names.index(name)
+    seen = np.ones(stack.layers[0].alpha.shape, np.float32)
+    for layer in stack.layers[index + 1:]:
+        seen *= 1.0 - layer.alpha
+    return (stack.layers[index].alpha > 0) & (seen <= 1.0 / 255.0)
+
+
+def repaint_layer(stack: LayerStack, name: str, backend: Any, *, seed: int,
+                  settings: DecomposeSettings = DecomposeSettings(), progress: Optional[Progress] = None):
+    """Repaint the hidden part of one layer with a new seed (model mode); what shows of it stays as it is.
+
+    Args:
+        stack: a decomposed stack.
+        name: the layer to repaint.
+        backend: a backend with ``repaint`` (``Repainter``).
+        seed: the new seed.
+        settings: the repaint prompt.
+        progress: called with (fraction, description).
+
+    Returns:
+        (the new StackLayer, the backend's info dict).
+
+    Raises:
+        ValueError: unknown layer, a layer that hides nothing, or a backend that cannot repaint.
+        ModelUnavailableError: the inpainting weights cannot be loaded.
+    """
+    if name not in stack.names:
+        raise ValueError(f"no layer named {name!r}; this stack has {', '.join(stack.names)}")
+    if not callable(getattr(backend, "repaint", None)):
+        raise ValueError(f"backend {getattr(backend, 'name', type(backend).__name__)!r} cannot inpaint; repainting "
+                         "a layer of a decomposed picture needs model mode (--backend diffusers)")
+    hidden = hidden_mask(stack, name)
+    if not hidden.any():
+        raise ValueError(f"nothing hides any part of the {name} layer: there is nothing to repaint")
+    report = progress or (lambda fraction, text: None)
+    layer = stack[name]
+    index = stack.names.index(name)
+    colours = np.asarray(layer.rgba.convert("RGB"), dtype=np.float32) / 255.0
+    filled = [np.zeros_like(hidden)] * len(stack)
+    filled[index] = hidden
+    depths = [lay.depth for lay in stack]
+    seeds = {index: int(seed)}
+    repainted, info = _repaint(backend, {index: colours}, depths, filled, stack.names, seeds, settings, report)
+    new = np.where(hidden[..., None], repainted[index], colours)
+    rgb = Image.fromarray(np.clip(new * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
+    rgba = rgb.copy()
+    rgba.putalpha(layer.rgba.getchannel("A"))
+    report(1.0, f"{name} repainted")
+    return StackLayer(name=name, rgba=rgba, depth=layer.depth, nearness=layer.nearness), info
