@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-model", help="depth estimator for --reference (hub id or local folder)")
     p.add_argument("--matte-model", help="rembg model name or .onnx under U2NET_HOME (default: offline matting)")
     p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
+    p.add_argument("--displacement", type=float, default=0.0,
+                   help="parallax.mp4: 0 = flat cards (default) .. 1 = each pixel moves by its own depth")
 
     p = sub.add_parser("decompose", help="split a picture into depth layers, fill what they hide, write every output")
     p.add_argument("--image", type=Path, required=True, help="the picture (8-bit RGB or greyscale)")
@@ -199,6 +201,7 @@ def _options(args, backend):
         kw["thresholds"] = tuple(args.thresholds)
     if args.matte_model:
         kw["matte_model"] = args.matte_model
+    kw["displacement"] = args.displacement
     return GenerateOptions(**kw)
 
 

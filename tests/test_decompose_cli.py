@@ -168,3 +168,15 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(case, bad_cases, tmp_pa
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], err
     assert files_under(tmp_path) == before
+
+
+def test_generated_stacks_take_per_pixel_parallax_as_an_option(tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert main(["generate", "--prompt", "a hall with two figures", "--width", "128", "--height", "192",
+                 "--out", str(out), "--backend", "draft", "--frames", "3", "--displacement", "1"]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["options"]["displacement"] == 1.0 and (out / "parallax.mp4").stat().st_size > 0
+    assert main(["generate", "--prompt", "a hall", "--out", str(tmp_path / "bad"), "--backend", "draft",
+                 "--displacement", "2"]) == 2
+    assert "displacement" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
