@@ -228,3 +228,22 @@ def test_settings_are_range_checked():
         DecomposeSettings(reach=0)
     with pytest.raises(ValueError, match="band"):
         DecomposeSettings(band=0.5)
+
+
+def test_round_trip_holds_with_a_rembg_session(motorcycle, tmp_path, monkeypatch):
+    """Boundaries matted by a rembg session (a real ONNX model with U^2-Net I/O) still composite back exactly."""
+    from helpers import build_tiny_u2net
+    from layers.matte import new_matte_session
+
+    home = tmp_path / "u2net"
+    monkeypatch.setenv("U2NET_HOME", str(home))
+    monkeypatch.delenv("REMBG_HOME", raising=False)
+    session = new_matte_session(build_tiny_u2net(home / "models" / "tiny_u2net.onnx"))
+    img, disp = motorcycle
+    result = decompose(img, disp, session=session)
+    offline = decompose(img, disp)
+    assert psnr(result.stack.composite(), img) >= 40.0
+    # The segmenter's soft mask, not the closed-form one, shaped the front layer's edges.
+    assert not np.array_equal(result.stack["foreground"].alpha, offline.stack["foreground"].alpha)
+    fg = result.stack["foreground"].alpha
+    assert ((fg > 0.05) & (fg < 0.95)).any()
