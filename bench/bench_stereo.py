@@ -217,7 +217,8 @@ def main(argv=None) -> int:
     else:
         print("| renderer | PSNR frame | PSNR disoccluded | seconds |\n| --- | --- | --- | --- |")
         for r in rows:
-            print(f"| {r['renderer']} | {r['psnr_frame']:.1f} dB | {r['psnr_disoccluded']:.1f} dB | {r['seconds']:.2f} |")
+            print(f"| {r['renderer']} | {r['psnr_frame']:.1f} dB | {r['psnr_disoccluded']:.1f} dB "
+                  f"| {r['seconds']:.2f} |")
     return 0
 
 

@@ -311,7 +311,9 @@ def decompose(image: Image.Image, depth, *, layers: LayerCount = 3, thresholds: 
     d, notices = prepare_depth(depth, picture.size)
     if thresholds is not None:
         cuts = tuple(float(t) for t in thresholds)
-        if not cuts or len(cuts) > MAX_LAYERS - 1 or not all(0.0 < a < b < 1.0 for a, b in zip((0.0,) + cuts, cuts + (1.0,))):
+        steps = zip((0.0,) + cuts, cuts + (1.0,))
+        if not cuts or len(cuts) > MAX_LAYERS - 1 or not all(0.0 <= a < b <= 1.0 for a, b in steps) \
+                or not 0.0 < cuts[0] or not cuts[-1] < 1.0:
             raise ValueError(f"thresholds must be 1..{MAX_LAYERS - 1} increasing values in (0, 1), got {thresholds!r}")
     else:
         cuts = choose_thresholds(d, layers, min_share=settings.min_share)
@@ -419,7 +421,9 @@ def _peel(rgb: np.ndarray, d: np.ndarray, band: np.ndarray, alphas, settings: De
         if not own.any():
             own = (a > 0) & shown
         weight = own * seen * _farness(d, own, settings.far_bias)
-        colour = push_pull(behind, weight) if weight.any() else np.repeat(behind.mean((0, 1), keepdims=True), h * w, 0).reshape(h, w, 3)
+        if not weight.any():  # a layer nothing of which shows: fill it from whatever is seen
+            weight = seen * shown
+        colour = push_pull(behind, weight)
         if k > 0:
             clear = (a <= eps) & shown
             back = push_pull(behind, clear * seen) if clear.any() else colour

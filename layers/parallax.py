@@ -402,7 +402,8 @@ def render_view(stack: LayerStack, shift: tuple[float, float], vertical: tuple[f
         try:
             a, b = (float(v) for v in pair)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be two numbers (pixels per unit of nearness, offset), got {pair!r}") from None
+            raise ValueError(f"{name} must be two numbers (pixels per unit of nearness, offset), "
+                             f"got {pair!r}") from None
         if not (math.isfinite(a) and math.isfinite(b)):
             raise ValueError(f"{name} must be finite, got {pair!r}")
         coeffs.append((a, b))

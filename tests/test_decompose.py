@@ -247,3 +247,12 @@ def test_round_trip_holds_with_a_rembg_session(motorcycle, tmp_path, monkeypatch
     assert not np.array_equal(result.stack["foreground"].alpha, offline.stack["foreground"].alpha)
     fg = result.stack["foreground"].alpha
     assert ((fg > 0.05) & (fg < 0.95)).any()
+
+
+def test_explicit_thresholds_are_used_and_checked(motorcycle):
+    img, disp = motorcycle
+    result = decompose(img, disp, thresholds=(0.3, 0.6, 0.8))
+    assert result.thresholds == (0.3, 0.6, 0.8) and len(result.stack) == 4
+    for bad in ((0.6, 0.3), (0.0, 0.5), (0.5, 1.0), ()):
+        with pytest.raises(ValueError, match="thresholds"):
+            decompose(img, disp, thresholds=bad)

@@ -66,7 +66,8 @@ def test_per_pixel_parallax_frames_have_no_holes_or_borders():
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(shift=(1.0,)), "shift"), (dict(shift=(np.nan, 0)), "finite"), (dict(shift=(1, 0), iterations=0), "iterations"),
+    (dict(shift=(1.0,)), "shift"), (dict(shift=(np.nan, 0)), "finite"),
+    (dict(shift=(1, 0), iterations=0), "iterations"),
 ])
 def test_bad_view_arguments(kwargs, message):
     stack = LayerStack([StackLayer("background", Image.new("RGBA", (8, 8)), np.zeros((8, 8), np.float32), 0.0)])
