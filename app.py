@@ -161,6 +161,13 @@ EMPTY_VIEWER = ('<div class="lc-empty"><strong>Interactive parallax</strong><br>
 
 # --- the page ------------------------------------------------------------------------------------------------------
 
+def _progress_reporter(progress):
+    """A pipeline progress callback that drives a gr.Progress."""
+    def report(fraction: float, text: str) -> None:
+        progress(min(max(float(fraction), 0.0), 1.0), desc=text)
+    return report
+
+
 def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: Optional[list[Seed]] = None) \
         -> gr.Blocks:
     """The Layercake studio page, wired to `studio`.
@@ -176,10 +183,29 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
     seeds = load_seeds() if seeds is None else seeds
     concurrency = max_concurrency or studio.concurrency
 
-    def progress_reporter(progress):
-        def report(fraction: float, text: str) -> None:
-            progress(min(max(float(fraction), 0.0), 1.0), desc=text)
-        return report
+    with gr.Blocks(title="Layercake studio", delete_cache=(1800, int(studio.limits.max_age_hours * 3600))) as demo:
+        with gr.Row(elem_id="lc-header"):
+            gr.Markdown("# Layercake studio\nOne dense scene prompt in, a parallax-ready stack of **background**, "
+                        "**midground** and **foreground** layers out: PSD, OpenRaster, ZIP and a parallax video. "
+                        "Or start **from a picture** you already have.")
+        notice = gr.Markdown(notice_markdown(studio.notices), elem_id="notice", elem_classes="lc-notice",
+                             visible=bool(studio.notices), container=False)
+
+        with gr.Tabs(elem_id="lc-tabs"):
+            with gr.Tab("From a prompt", id="prompt"):
+                build_prompt_tab(studio, concurrency, seeds)
+            with gr.Tab("From a picture", id="picture"):
+                build_picture_tab(studio, concurrency)
+        # Notices can change after the page was built (a public link that could not be made).
+        demo.load(lambda: gr.Markdown(notice_markdown(studio.notices), visible=bool(studio.notices)), None,
+                  [notice], api_visibility="private", queue=False)
+
+    demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    return demo
+
+
+def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> None:
+    """The "From a prompt" tab: plan, generate and regenerate layers of a scene prompt (inside a gr.Blocks)."""
 
     def edited(state, texts) -> dict[str, str]:
         """Layer texts the user changed since they were last filled in (untouched ones are re-planned)."""
@@ -260,7 +286,7 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
         run = studio.generate(prompt, seed=_whole(seed, "seed"), width=_whole(width, "width"),
                               height=_whole(height, "height"), options=options, depth_source=depth_source or "scaffold",
                               reference=reference_image, depth_map=depth_map, overrides=overrides,
-                              progress=progress_reporter(progress))
+                              progress=_progress_reporter(progress))
         return run_outputs(run)
 
     @on_gpu
@@ -275,7 +301,7 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
         seed = _whole(seed, "seed")
         run = studio.regenerate(run_id or (run_state or {}).get("run_id") or "", layer,
                                 seed=None if seed is None or seed < 0 else seed, prompt=prompt or None,
-                                progress=progress_reporter(progress))
+                                progress=_progress_reporter(progress))
         return run_outputs(run)
 
     def regenerate_from_card(name: str):
@@ -288,7 +314,7 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
             seed = _whole(seed, "seed")
             new_seed = seed if seed is not None and seed != state.get("seeds", {}).get(name) else None
             run = studio.regenerate(state.get("run_id") or "", name, seed=new_seed, prompt=new_prompt,
-                                    progress=progress_reporter(progress))
+                                    progress=_progress_reporter(progress))
             return run_outputs(run)
         return regenerate_card
 
@@ -308,157 +334,238 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
     def pick_depth_source(source: str):
         return gr.File(visible=source == "reference"), gr.File(visible=source == "map")
 
-    with gr.Blocks(title="Layercake studio", delete_cache=(1800, int(studio.limits.max_age_hours * 3600))) as demo:
-        with gr.Row(elem_id="lc-header"):
-            gr.Markdown("# Layercake studio\nOne dense scene prompt in, a parallax-ready stack of **background**, "
-                        "**midground** and **foreground** layers out: PSD, OpenRaster, ZIP and a parallax video.")
-        notice = gr.Markdown(notice_markdown(studio.notices), elem_id="notice", elem_classes="lc-notice",
-                             visible=bool(studio.notices), container=False)
-
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=5, min_width=340, elem_id="lc-inputs"):
-                prompt = gr.Textbox(label="Scene prompt", lines=8, max_lines=16, elem_id="prompt",
-                                    placeholder="Describe the whole scene: what is far, what stands in the middle, "
-                                                "what is close to the viewer, the light and the style...")
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=340, elem_id="lc-inputs"):
+            prompt = gr.Textbox(label="Scene prompt", lines=8, max_lines=16, elem_id="prompt",
+                                placeholder="Describe the whole scene: what is far, what stands in the middle, "
+                                            "what is close to the viewer, the light and the style...")
+            with gr.Row():
+                plan_btn = gr.Button("Plan layers", variant="secondary", elem_id="plan-btn")
+                gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+            if seeds:
+                first = gr.Examples([[seeds[0].text]], inputs=[prompt], label="Example · click to render "
+                                    "(cached after its first run)", example_labels=[seeds[0].label])
+                if len(seeds) > 1:
+                    gr.Examples([[s.text] for s in seeds[1:]], inputs=[prompt],
+                                label="More examples · click, then Generate",
+                                example_labels=[s.label for s in seeds[1:]])
+            with gr.Accordion("Settings", open=True, elem_id="settings"):
                 with gr.Row():
-                    plan_btn = gr.Button("Plan layers", variant="secondary", elem_id="plan-btn")
-                    gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
-                if seeds:
-                    first = gr.Examples([[seeds[0].text]], inputs=[prompt], label="Example · click to render "
-                                        "(cached after its first run)", example_labels=[seeds[0].label])
-                    if len(seeds) > 1:
-                        gr.Examples([[s.text] for s in seeds[1:]], inputs=[prompt],
-                                    label="More examples · click, then Generate",
-                                    example_labels=[s.label for s in seeds[1:]])
-                with gr.Accordion("Settings", open=True, elem_id="settings"):
-                    with gr.Row():
-                        aspect = gr.Dropdown(ASPECTS, value="auto", label="Aspect", min_width=100,
-                                             info="auto = as written in the prompt")
-                        width = gr.Number(0, label="Width", precision=0, minimum=0, maximum=2048, step=64,
-                                          min_width=90, info="px, 0 = auto")
-                        height = gr.Number(0, label="Height", precision=0, minimum=0, maximum=2048, step=64,
-                                           min_width=90, info="px, 0 = auto")
-                        seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**31 - 1, min_width=90)
-                    draft_note = " (the draft backend ignores it)" if studio.is_draft else ""
-                    with gr.Row():
-                        steps = gr.Slider(1, 150, value=_DEFAULTS.steps, step=1, label="Steps",
-                                          info="denoising steps per layer" + draft_note)
-                        guidance = gr.Slider(0, 30, value=_DEFAULTS.guidance, step=0.5, label="Guidance",
-                                             info="how literally the prompt is followed" + draft_note)
-                    gr.Markdown("ControlNet strength per layer: how strictly each layer follows its depth map"
-                                + draft_note, elem_classes="lc-small")
-                    with gr.Row():
-                        strengths = [gr.Slider(0, 2, value=_DEFAULTS.strengths[i], step=0.05, label=name.capitalize(),
-                                               min_width=110) for i, name in enumerate(LAYER_NAMES)]
-                    depth_source = gr.Radio([("Scaffold from the plan", "scaffold"), ("Reference image", "reference"),
-                                             ("Depth map (white = near)", "map")], value="scaffold",
-                                            label="Depth source")
-                    reference = gr.File(label="Reference image (its depth is estimated)", file_types=["image"],
-                                        type="filepath", visible=False, height=120)
-                    depth_file = gr.File(label="Depth map (grayscale, 8 or 16 bit, white = near)",
-                                         file_types=["image"], type="filepath", visible=False, height=120)
-                    parallax = gr.Radio(list(CAMERA_PATHS), value=_DEFAULTS.parallax, label="Parallax video path")
+                    aspect = gr.Dropdown(ASPECTS, value="auto", label="Aspect", min_width=100,
+                                         info="auto = as written in the prompt")
+                    width = gr.Number(0, label="Width", precision=0, minimum=0, maximum=2048, step=64,
+                                      min_width=90, info="px, 0 = auto")
+                    height = gr.Number(0, label="Height", precision=0, minimum=0, maximum=2048, step=64,
+                                       min_width=90, info="px, 0 = auto")
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**31 - 1, min_width=90)
+                draft_note = " (the draft backend ignores it)" if studio.is_draft else ""
+                with gr.Row():
+                    steps = gr.Slider(1, 150, value=_DEFAULTS.steps, step=1, label="Steps",
+                                      info="denoising steps per layer" + draft_note)
+                    guidance = gr.Slider(0, 30, value=_DEFAULTS.guidance, step=0.5, label="Guidance",
+                                         info="how literally the prompt is followed" + draft_note)
+                gr.Markdown("ControlNet strength per layer: how strictly each layer follows its depth map"
+                            + draft_note, elem_classes="lc-small")
+                with gr.Row():
+                    strengths = [gr.Slider(0, 2, value=_DEFAULTS.strengths[i], step=0.05, label=name.capitalize(),
+                                           min_width=110) for i, name in enumerate(LAYER_NAMES)]
+                depth_source = gr.Radio([("Scaffold from the plan", "scaffold"), ("Reference image", "reference"),
+                                         ("Depth map (white = near)", "map")], value="scaffold",
+                                        label="Depth source")
+                reference = gr.File(label="Reference image (its depth is estimated)", file_types=["image"],
+                                    type="filepath", visible=False, height=120)
+                depth_file = gr.File(label="Depth map (grayscale, 8 or 16 bit, white = near)",
+                                     file_types=["image"], type="filepath", visible=False, height=120)
+                parallax = gr.Radio(list(CAMERA_PATHS), value=_DEFAULTS.parallax, label="Parallax video path")
 
-            with gr.Column(scale=7, min_width=400, elem_id="lc-results"):
-                viewer = gr.HTML(EMPTY_VIEWER, elem_id="parallax", js_on_load=(ASSETS / "parallax.js").read_text(),
-                                 min_height=200)
-                status = gr.Markdown("", label="Status", elem_id="status", elem_classes="lc-small")
-                # Hidden until there is something to download.
-                with gr.Column(visible=False, elem_id="downloads-box") as downloads_box:
-                    with gr.Row(elem_id="downloads"):
-                        downloads = [gr.DownloadButton(label, value=None, elem_id=f"dl-{kind}", size="md",
-                                                       min_width=70)
-                                     for kind, label in (("psd", "⬇ PSD"), ("ora", "⬇ ORA"), ("zip", "⬇ ZIP"),
-                                                         ("mp4", "⬇ MP4"))]
-                        # Returned after every older output, so clients that index outputs by position keep working.
-                        scene_downloads = [gr.DownloadButton(label, value=None, elem_id=f"dl-{kind}", size="md",
-                                                             min_width=70)
-                                           for kind, label in (("glb", "⬇ GLB"), ("html", "⬇ HTML"))]
-                    gr.Markdown("PSD and ORA open as layers in Photoshop, Krita and GIMP; the ZIP holds the PNG "
-                                "layers, 16-bit depth maps, a composite + depth JPEG pair and manifest.json; the GLB "
-                                "is a glTF scene of depth cards with its camera (Blender, three.js); the HTML is "
-                                "this viewer in one file.", elem_classes="lc-small lc-center")
-                with gr.Tabs():
-                    with gr.Tab("Composite"):
-                        composite = gr.Image(label="Composite", type="filepath", interactive=False, height=520,
-                                             elem_id="composite", buttons=["download", "fullscreen"])
-                    with gr.Tab("Video"):
-                        video = gr.Video(label="Parallax video", interactive=False, autoplay=True, loop=True,
-                                         height=520, elem_id="video")
-                    with gr.Tab("Depth maps"):
-                        depth_gallery = gr.Gallery(label="Depth maps the layers were conditioned on (bright = near)",
-                                                   columns=3, rows=1, height="auto", object_fit="contain",
-                                                   elem_id="depth-maps", interactive=False)
-                    with gr.Tab("Details"):
-                        details = gr.JSON(label="Run summary", elem_id="details")
+        with gr.Column(scale=7, min_width=400, elem_id="lc-results"):
+            viewer = gr.HTML(EMPTY_VIEWER, elem_id="parallax", js_on_load=(ASSETS / "parallax.js").read_text(),
+                             min_height=200)
+            status = gr.Markdown("", label="Status", elem_id="status", elem_classes="lc-small")
+            # Hidden until there is something to download.
+            with gr.Column(visible=False, elem_id="downloads-box") as downloads_box:
+                with gr.Row(elem_id="downloads"):
+                    downloads = [gr.DownloadButton(label, value=None, elem_id=f"dl-{kind}", size="md",
+                                                   min_width=70)
+                                 for kind, label in (("psd", "⬇ PSD"), ("ora", "⬇ ORA"), ("zip", "⬇ ZIP"),
+                                                     ("mp4", "⬇ MP4"))]
+                    # Returned after every older output, so clients that index outputs by position keep working.
+                    scene_downloads = [gr.DownloadButton(label, value=None, elem_id=f"dl-{kind}", size="md",
+                                                         min_width=70)
+                                       for kind, label in (("glb", "⬇ GLB"), ("html", "⬇ HTML"))]
+                gr.Markdown("PSD and ORA open as layers in Photoshop, Krita and GIMP; the ZIP holds the PNG "
+                            "layers, 16-bit depth maps, a composite + depth JPEG pair and manifest.json; the GLB "
+                            "is a glTF scene of depth cards with its camera (Blender, three.js); the HTML is "
+                            "this viewer in one file.", elem_classes="lc-small lc-center")
+            with gr.Tabs():
+                with gr.Tab("Composite"):
+                    composite = gr.Image(label="Composite", type="filepath", interactive=False, height=520,
+                                         elem_id="composite", buttons=["download", "fullscreen"])
+                with gr.Tab("Video"):
+                    video = gr.Video(label="Parallax video", interactive=False, autoplay=True, loop=True,
+                                     height=520, elem_id="video")
+                with gr.Tab("Depth maps"):
+                    depth_gallery = gr.Gallery(label="Depth maps the layers were conditioned on (bright = near)",
+                                               columns=3, rows=1, height="auto", object_fit="contain",
+                                               elem_id="depth-maps", interactive=False)
+                with gr.Tab("Details"):
+                    details = gr.JSON(label="Run summary", elem_id="details")
 
-        gr.Markdown("## Layers", elem_id="layers-title")
-        plan_summary = gr.Markdown("Press **Plan layers** to see how the prompt is split, or **Generate**.",
-                                   label="Plan summary", elem_id="plan-summary", elem_classes="lc-small")
-        layer_images, layer_boxes, layer_tokens, layer_seeds, regen_buttons = [], [], [], [], []
-        with gr.Row(equal_height=False, elem_id="layer-cards"):
-            for name in LAYER_NAMES:
-                with gr.Column(min_width=260, elem_classes="lc-card", elem_id=f"card-{name}"):
-                    layer_images.append(gr.Image(label=name.capitalize(), type="filepath", interactive=False,
-                                                 height=340, placeholder="checkerboard = transparent",
-                                                 elem_id=f"layer-{name}", buttons=["fullscreen"]))
-                    layer_boxes.append(gr.Textbox("", label=f"{name.capitalize()} prompt", lines=3, max_lines=8,
-                                                  elem_id=f"prompt-{name}",
-                                                  info="edit to replace this layer's part of the scene"))
-                    layer_tokens.append(gr.Markdown("", label=f"{name.capitalize()} tokens",
-                                                    elem_classes="lc-small lc-tokens", elem_id=f"tokens-{name}"))
-                    with gr.Row(equal_height=True):
-                        layer_seeds.append(gr.Number(None, label=f"{name.capitalize()} seed", precision=0, minimum=0,
-                                                     maximum=2**31 - 1, min_width=170, scale=1,
-                                                     elem_id=f"seed-{name}"))
-                        regen_buttons.append(gr.Button(f"Regenerate {name}", size="md", min_width=120, scale=1,
-                                                       elem_id=f"regen-{name}"))
+    gr.Markdown("## Layers", elem_id="layers-title")
+    plan_summary = gr.Markdown("Press **Plan layers** to see how the prompt is split, or **Generate**.",
+                               label="Plan summary", elem_id="plan-summary", elem_classes="lc-small")
+    layer_images, layer_boxes, layer_tokens, layer_seeds, regen_buttons = [], [], [], [], []
+    with gr.Row(equal_height=False, elem_id="layer-cards"):
+        for name in LAYER_NAMES:
+            with gr.Column(min_width=260, elem_classes="lc-card", elem_id=f"card-{name}"):
+                layer_images.append(gr.Image(label=name.capitalize(), type="filepath", interactive=False,
+                                             height=340, placeholder="checkerboard = transparent",
+                                             elem_id=f"layer-{name}", buttons=["fullscreen"]))
+                layer_boxes.append(gr.Textbox("", label=f"{name.capitalize()} prompt", lines=3, max_lines=8,
+                                              elem_id=f"prompt-{name}",
+                                              info="edit to replace this layer's part of the scene"))
+                layer_tokens.append(gr.Markdown("", label=f"{name.capitalize()} tokens",
+                                                elem_classes="lc-small lc-tokens", elem_id=f"tokens-{name}"))
+                with gr.Row(equal_height=True):
+                    layer_seeds.append(gr.Number(None, label=f"{name.capitalize()} seed", precision=0, minimum=0,
+                                                 maximum=2**31 - 1, min_width=170, scale=1,
+                                                 elem_id=f"seed-{name}"))
+                    regen_buttons.append(gr.Button(f"Regenerate {name}", size="md", min_width=120, scale=1,
+                                                   elem_id=f"regen-{name}"))
 
-        run_state = gr.State(None)
-        plan_state = gr.State(None)
-        # Hidden inputs of the /regenerate_layer API endpoint (the cards have buttons of their own).
-        with gr.Row(visible=False):
-            api_layer = gr.Dropdown(list(LAYER_NAMES), value="foreground", label="layer")
-            api_seed = gr.Number(-1, label="seed", precision=0)
-            api_prompt = gr.Textbox("", label="prompt")
-            api_run_id = gr.Textbox("", label="run_id")
-            api_regenerate = gr.Button("regenerate")
+    run_state = gr.State(None)
+    plan_state = gr.State(None)
+    # Hidden inputs of the /regenerate_layer API endpoint (the cards have buttons of their own).
+    with gr.Row(visible=False):
+        api_layer = gr.Dropdown(list(LAYER_NAMES), value="foreground", label="layer")
+        api_seed = gr.Number(-1, label="seed", precision=0)
+        api_prompt = gr.Textbox("", label="prompt")
+        api_run_id = gr.Textbox("", label="run_id")
+        api_regenerate = gr.Button("regenerate")
 
-        plan_view = [*layer_boxes, *layer_tokens, *layer_seeds, plan_summary]
-        results = [*downloads, composite, video, *layer_images, depth_gallery, details, status, *plan_view,
-                   run_state, plan_state, *scene_downloads]
-        generate_inputs = [prompt, seed, width, height, *layer_boxes, steps, guidance, *strengths, depth_source,
-                           reference, depth_file, parallax, plan_state]
-        render = dict(outputs=results, concurrency_id="render", concurrency_limit=concurrency,
-                      show_progress_on=[viewer, composite])
+    plan_view = [*layer_boxes, *layer_tokens, *layer_seeds, plan_summary]
+    results = [*downloads, composite, video, *layer_images, depth_gallery, details, status, *plan_view,
+               run_state, plan_state, *scene_downloads]
+    generate_inputs = [prompt, seed, width, height, *layer_boxes, steps, guidance, *strengths, depth_source,
+                       reference, depth_file, parallax, plan_state]
+    render = dict(outputs=results, concurrency_id="render", concurrency_limit=concurrency,
+                  show_progress_on=[viewer, composite])
 
-        plan_btn.click(plan, [prompt, seed, width, height, *layer_boxes, plan_state],
-                       [*plan_view, details, plan_state], api_name="plan", concurrency_id="plan",
-                       concurrency_limit=4, show_progress_on=[plan_summary])
-        gen_btn.click(generate, generate_inputs, api_name="generate", **render) \
+    plan_btn.click(plan, [prompt, seed, width, height, *layer_boxes, plan_state],
+                   [*plan_view, details, plan_state], api_name="plan", concurrency_id="plan",
+                   concurrency_limit=4, show_progress_on=[plan_summary])
+    gen_btn.click(generate, generate_inputs, api_name="generate", **render) \
+        .success(show_viewer, [run_state], [viewer, downloads_box], api_visibility="private", queue=False)
+    if seeds:
+        first.load_input_event.success(generate, generate_inputs, api_visibility="private", **render) \
             .success(show_viewer, [run_state], [viewer, downloads_box], api_visibility="private", queue=False)
-        if seeds:
-            first.load_input_event.success(generate, generate_inputs, api_visibility="private", **render) \
-                .success(show_viewer, [run_state], [viewer, downloads_box], api_visibility="private", queue=False)
-        api_regenerate.click(regenerate_layer, [api_layer, api_seed, api_prompt, api_run_id, run_state],
-                             api_name="regenerate_layer", **render) \
+    api_regenerate.click(regenerate_layer, [api_layer, api_seed, api_prompt, api_run_id, run_state],
+                         api_name="regenerate_layer", **render) \
+        .success(show_viewer, [run_state], [viewer, downloads_box], api_visibility="private", queue=False)
+    for i, name in enumerate(LAYER_NAMES):
+        regen_buttons[i].click(regenerate_from_card(name), [layer_boxes[i], layer_seeds[i], run_state],
+                               api_visibility="private", **{**render, "show_progress_on": [layer_images[i]]}) \
             .success(show_viewer, [run_state], [viewer, downloads_box], api_visibility="private", queue=False)
-        for i, name in enumerate(LAYER_NAMES):
-            regen_buttons[i].click(regenerate_from_card(name), [layer_boxes[i], layer_seeds[i], run_state],
-                                   api_visibility="private", **{**render, "show_progress_on": [layer_images[i]]}) \
-                .success(show_viewer, [run_state], [viewer, downloads_box], api_visibility="private", queue=False)
 
-        aspect.change(pick_aspect, [aspect], [width, height], api_visibility="private", queue=False)
-        depth_source.change(pick_depth_source, [depth_source], [reference, depth_file], api_visibility="private",
-                            queue=False)
-        reference.upload(lambda: "reference", None, [depth_source], api_visibility="private", queue=False)
-        depth_file.upload(lambda: "map", None, [depth_source], api_visibility="private", queue=False)
-        # Notices can change after the page was built (a public link that could not be made).
-        demo.load(lambda: gr.Markdown(notice_markdown(studio.notices), visible=bool(studio.notices)), None,
-                  [notice], api_visibility="private", queue=False)
+    aspect.change(pick_aspect, [aspect], [width, height], api_visibility="private", queue=False)
+    depth_source.change(pick_depth_source, [depth_source], [reference, depth_file], api_visibility="private",
+                        queue=False)
+    reference.upload(lambda: "reference", None, [depth_source], api_visibility="private", queue=False)
+    depth_file.upload(lambda: "map", None, [depth_source], api_visibility="private", queue=False)
 
-    demo.queue(default_concurrency_limit=concurrency, max_size=64)
-    return demo
+
+
+def build_picture_tab(studio: Studio, concurrency: int) -> None:
+    """The "From a picture" tab: split an uploaded picture into depth layers, filled behind (inside a gr.Blocks)."""
+
+    @on_gpu
+    @user_errors
+    def decompose(image: Optional[str] = None, depth_map: Optional[str] = None, depth_source: str = "map",
+                  layers: str = "3", parallax: str = _DEFAULTS.parallax, seed: int = 0, progress=gr.Progress()):
+        """Split a picture into depth layers (3 by default: background, midground, foreground), with what the
+        nearer layers hide filled in (colour and depth), soft matted edges and per-pixel parallax.
+
+        depth_source "map" uses depth_map (white = near: an 8/16-bit image, or .npy); "estimate" estimates it from
+        the picture. layers is "2".."6" or "auto". Returns the PSD, ORA, ZIP and MP4, the composite, the video,
+        the layers over a checkerboard, the depth maps (completed behind occluders), a JSON summary (thresholds,
+        notices, run_id), a status line, the run state, then stack.glb and parallax.html.
+        """
+        if depth_source not in ("map", "estimate"):
+            raise ValueError(f"depth_source must be 'map' or 'estimate', got {depth_source!r}")
+        if depth_source == "map" and not depth_map:
+            raise ValueError("depth source 'map' needs a depth map upload (or choose 'estimate')")
+        options = GenerateOptions(parallax=parallax or _DEFAULTS.parallax, displacement=1.0)
+        run = studio.decompose(image, depth_map=depth_map if depth_source == "map" else None,
+                               layers=layers or "3", seed=_whole(seed, "seed", 0), options=options,
+                               progress=_progress_reporter(progress))
+        files = run.files
+        names = run.result.stack.names
+        width, height = run.result.stack.size
+        notices = run.result.render_info["decompose"]["notices"]
+        status = (f"{len(names)} layers from a {width} × {height} px picture in {run.seconds:.1f} s · run "
+                  f"`{run.run_id}`" + "".join(f"\n\n⚠️ {html.escape(n, quote=False)}" for n in notices))
+        return [str(files["psd"]), str(files["ora"]), str(files["zip"]), str(files["mp4"]),
+                str(files["composite"]), str(files["mp4"]),
+                [(str(run.previews[f"layers/{n}"]), n) for n in names],
+                [(str(run.previews[f"depth/{n}"]), f"{n} {run.result.stack[n].nearness:.2f}") for n in names],
+                run.summary(), status, {"run_id": run.run_id},
+                str(files["glb"]) if "glb" in files else None, str(files["html"]) if "html" in files else None]
+
+    def show_viewer(state: Optional[dict]):
+        run_id = (state or {}).get("run_id")
+        if not run_id:
+            return EMPTY_VIEWER, gr.Column(visible=False)
+        return parallax_html(studio.viewer_layers(studio.open_run(run_id))), gr.Column(visible=True)
+
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=5, min_width=340, elem_id="pic-inputs"):
+            image = gr.File(label="Picture (8-bit RGB or greyscale)", file_types=["image"], type="filepath",
+                            elem_id="pic-image", height=140)
+            depth_source = gr.Radio([("Depth map (white = near)", "map"), ("Estimate from the picture", "estimate")],
+                                    value="map", label="Depth source", elem_id="pic-depth-source")
+            depth_file = gr.File(label="Depth map: 8/16-bit image (white = near) or .npy; a disparity map works",
+                                 file_types=["image", ".npy"], type="filepath", elem_id="pic-depth", height=120)
+            with gr.Row():
+                layers = gr.Dropdown(["auto", "2", "3", "4", "5", "6"], value="3", label="Layers", min_width=100,
+                                     info="auto = split at the depth histogram's valleys")
+                seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**31 - 1, min_width=90,
+                                 info="model-mode inpainting")
+            parallax = gr.Radio(list(CAMERA_PATHS), value=_DEFAULTS.parallax, label="Parallax video path")
+            go = gr.Button("Decompose", variant="primary", elem_id="decompose-btn")
+        with gr.Column(scale=7, min_width=400, elem_id="pic-results"):
+            viewer = gr.HTML(EMPTY_VIEWER, elem_id="pic-parallax", js_on_load=(ASSETS / "parallax.js").read_text(),
+                             min_height=200)
+            status = gr.Markdown("", label="Status", elem_id="pic-status", elem_classes="lc-small")
+            with gr.Column(visible=False, elem_id="pic-downloads-box") as downloads_box:
+                with gr.Row():
+                    downloads = [gr.DownloadButton(label, value=None, elem_id=f"pic-dl-{kind}", size="md",
+                                                   min_width=70)
+                                 for kind, label in (("psd", "⬇ PSD"), ("ora", "⬇ ORA"), ("zip", "⬇ ZIP"),
+                                                     ("mp4", "⬇ MP4"), ("glb", "⬇ GLB"), ("html", "⬇ HTML"))]
+            with gr.Tabs():
+                with gr.Tab("Composite"):
+                    composite = gr.Image(label="Composite", type="filepath", interactive=False, height=480,
+                                         elem_id="pic-composite")
+                with gr.Tab("Video"):
+                    video = gr.Video(label="Parallax video", interactive=False, autoplay=True, loop=True,
+                                     height=480, elem_id="pic-video")
+                with gr.Tab("Layers"):
+                    layer_gallery = gr.Gallery(label="Layers (checkerboard = transparent)", columns=3,
+                                               height="auto", object_fit="contain", elem_id="pic-layers",
+                                               interactive=False)
+                with gr.Tab("Depth maps"):
+                    depth_gallery = gr.Gallery(label="Each layer's depth, completed behind what hides it "
+                                               "(bright = near)", columns=3, height="auto", object_fit="contain",
+                                               elem_id="pic-depth-maps", interactive=False)
+                with gr.Tab("Details"):
+                    details = gr.JSON(label="Run summary", elem_id="pic-details")
+    state = gr.State(None)
+    go.click(decompose, [image, depth_file, depth_source, layers, parallax, seed],
+             [*downloads[:4], composite, video, layer_gallery, depth_gallery, details, status, state, *downloads[4:]],
+             api_name="decompose", concurrency_id="render", concurrency_limit=concurrency,
+             show_progress_on=[viewer, composite]) \
+        .success(show_viewer, [state], [viewer, downloads_box], api_visibility="private", queue=False)
+    depth_file.upload(lambda: "map", None, [depth_source], api_visibility="private", queue=False)
 
 
 def _whole(value, name: str, default: Optional[int] = None) -> Optional[int]:

@@ -1,4 +1,4 @@
-"""Command line: python -m layers plan | generate | regenerate.
+"""Command line: python -m layers plan | generate | decompose | regenerate.
 
 Bad input ends with one line naming the problem and exit code 2, before anything is written.
 """
@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="diffusers device: cuda, cuda:1, cpu (default: cuda when there)")
         p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="diffusers weights dtype")
 
+    def export_args(p):
+        p.add_argument("--formats", default="all", metavar="LIST",
+                       help="exports to write, comma-separated: psd,ora,zip,mp4,glb,html (default: all)")
+        p.add_argument("--glb-relief", action="store_true",
+                       help="stack.glb cards become grids displaced by each layer's depth map")
+
     p = sub.add_parser("plan", help="print the layer plan of a prompt")
     prompt_args(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -78,14 +84,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth-model", help="depth estimator for --reference (hub id or local folder)")
     p.add_argument("--matte-model", help="rembg model name or .onnx under U2NET_HOME (default: offline matting)")
     p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
-    p.add_argument("--formats", default="all", metavar="LIST",
-                   help="exports to write, comma-separated: psd,ora,zip,mp4,glb,html (default: all)")
-    p.add_argument("--glb-relief", action="store_true",
-                   help="stack.glb cards become grids displaced by each layer's depth map")
+    export_args(p)
+    p.add_argument("--displacement", type=float, default=0.0,
+                   help="parallax.mp4: 0 = flat cards (default) .. 1 = each pixel moves by its own depth")
+
+    p = sub.add_parser("decompose", help="split a picture into depth layers, fill what they hide, write every output")
+    p.add_argument("--image", type=Path, required=True, help="the picture (8-bit RGB or greyscale)")
+    depth = p.add_mutually_exclusive_group()
+    depth.add_argument("--depth-map", type=Path,
+                       help="its depth map: 8/16-bit PNG (white = near) or .npy (large = near); a disparity map works")
+    depth.add_argument("--depth-model", help="estimate the depth with this model (hub id or local folder) "
+                       "when no --depth-map is given (default: Depth Anything V2 small)")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--layers", type=_layer_count, default=3, help="2..6, or auto (split at the depth "
+                   "histogram's deepest valleys); default 3")
+    backend_args(p, "auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of model-mode inpainting (default 0)")
+    p.add_argument("--parallax", choices=CAMERA_PATHS, default="sway", help="camera path of parallax.mp4")
+    p.add_argument("--frames", type=int, default=60, help="frames in parallax.mp4 (default 60)")
+    p.add_argument("--flat", action="store_true", help="parallax.mp4 with flat cards instead of per-pixel depth")
+    p.add_argument("--matte-model", help="rembg model name or .onnx under U2NET_HOME (default: closed-form matting)")
+    p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
+    export_args(p)
 
     p = sub.add_parser("regenerate", help="re-render one layer of a stack; the others stay identical")
-    p.add_argument("--from", dest="source", type=Path, required=True, help="a folder written by generate")
-    p.add_argument("--layer", choices=LAYER_NAMES, required=True)
+    p.add_argument("--from", dest="source", type=Path, required=True,
+                   help="a folder written by generate or decompose")
+    p.add_argument("--layer", required=True, help=f"the layer's name ({', '.join(LAYER_NAMES)}, or a "
+                   "decomposed stack's own names)")
     p.add_argument("--seed", type=int, help="the layer's new seed (default: a fresh one)")
     p.add_argument("--prompt", help="the layer's new prompt")
     backend_args(p, None)
@@ -96,7 +122,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line. Returns the exit code."""
     try:
         args = build_parser().parse_args(argv)
-        return {"plan": _cmd_plan, "generate": _cmd_generate, "regenerate": _cmd_regenerate}[args.command](args)
+        return {"plan": _cmd_plan, "generate": _cmd_generate, "decompose": _cmd_decompose,
+                "regenerate": _cmd_regenerate}[args.command](args)
     except (_BadInput, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -183,10 +210,15 @@ def _options(args, backend):
         kw["thresholds"] = tuple(args.thresholds)
     if args.matte_model:
         kw["matte_model"] = args.matte_model
+    kw["displacement"] = args.displacement
+    return GenerateOptions(**kw, **_export_options(args))
+
+
+def _export_options(args) -> dict:
+    kw = {"glb_relief": args.glb_relief}
     if args.formats.strip() != "all":
         kw["formats"] = tuple(f.strip().lower() for f in args.formats.split(",") if f.strip())
-    kw["glb_relief"] = args.glb_relief
-    return GenerateOptions(**kw)
+    return kw
 
 
 def _cmd_generate(args) -> int:
@@ -228,6 +260,60 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _layer_count(text: str):
+    from .decompose import MAX_LAYERS, MIN_LAYERS
+
+    if text.strip().lower() == "auto":
+        return "auto"
+    if not text.strip().isdigit() or not MIN_LAYERS <= int(text) <= MAX_LAYERS:
+        raise argparse.ArgumentTypeError(f"must be {MIN_LAYERS}..{MAX_LAYERS} or auto, got {text!r}")
+    return int(text)
+
+
+def _cmd_decompose(args) -> int:
+    from .backends import ModelUnavailableError, resolve_backend
+    from .decompose import load_depth, load_picture, prepare_depth
+    from .pipeline import GenerateOptions, decompose_picture, write_outputs
+
+    # Every input is checked before a model is loaded or a file written.
+    _check_out_dir(args.out)
+    options = GenerateOptions(parallax=args.parallax, frames=args.frames, video=not args.no_video,
+                              displacement=0.0 if args.flat else 1.0, matte_model=args.matte_model,
+                              **_export_options(args))
+    image = load_picture(args.image)
+    if args.depth_map is not None:
+        depth, notices = prepare_depth(load_depth(args.depth_map), image.size)
+        source = "map"
+    else:
+        from .estimate import DEFAULT_DEPTH_MODEL, estimate_depth
+
+        model = args.depth_model or DEFAULT_DEPTH_MODEL
+        try:
+            depth = estimate_depth(image, model=model)
+        except ModelUnavailableError as exc:
+            raise ValueError(f"no depth map: pass --depth-map D (white = near), or fetch the depth model "
+                             f"first ({exc})") from None
+        depth, notices = prepare_depth(depth, image.size)
+        source = "reference"
+    for notice in notices:
+        print(notice, file=sys.stderr)
+    backend = None
+    if args.backend != "draft":
+        backend, notice = resolve_backend(args.backend, **_model_options(args))
+        if notice:
+            print("Offline fill: no inpainting model loaded" + notice[notice.find(" ("):], file=sys.stderr)
+            backend = None
+    t0 = time.perf_counter()
+    with _ProgressBar() as bar:
+        result = decompose_picture(image, depth, backend, layers=args.layers, seed=args.seed, options=options,
+                                   depth_source=source, progress=bar)
+        for notice in result.render_info["decompose"]["notices"]:
+            print(notice, file=sys.stderr)
+        files = write_outputs(result, args.out, progress=bar)
+    _summary(result, files, time.perf_counter() - t0)
+    return 0
+
+
 def _cmd_regenerate(args) -> int:
     from .backends import resolve_backend
     from .pipeline import load_result, regenerate_layer, write_outputs
@@ -263,6 +349,15 @@ def _model_options(args) -> dict:
 def _summary(result, files, seconds: float) -> None:
     plan = result.plan
     out = files["manifest"].parent
+    if plan is None:
+        width, height = result.stack.size
+        split = result.render_info["decompose"]
+        print(f"{len(result.stack)} layers from a picture {width}x{height}, thresholds "
+              f"{', '.join(f'{t:.3f}' for t in split['thresholds'])}, fill {split['fill']}, {seconds:.1f} s -> {out}")
+        for layer in result.stack:
+            print(f"  {layer.name:<12} nearness {layer.nearness:.2f}  alpha {layer.alpha.mean():.0%}")
+        print("  files: " + ", ".join(sorted(str(p.relative_to(out)) for k, p in files.items() if "/" not in k)))
+        return
     print(f"{result.render_info.get('backend', '?')} stack {plan.width}x{plan.height}, seed {plan.seed}, "
           f"{seconds:.1f} s -> {out}")
     for layer in result.stack:

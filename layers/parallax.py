@@ -35,9 +35,10 @@ import numpy as np
 from PIL import Image
 
 from .export import atomic_path
-from .stack import LayerStack
+from .stack import LayerStack, premultiply
 
 __all__ = ["CAMERA_PATHS", "VIDEO_SUFFIXES", "camera_motion", "iter_parallax_frames", "render_parallax_frames",
+           "render_view",
            "write_video"]
 
 CAMERA_PATHS: tuple[str, ...] = ("sway", "circle", "zoom")
@@ -364,6 +365,117 @@ def _overscan(stack: LayerStack, path: str, frames: int, amount: float, middle: 
         need_y = (cy + np.abs(dy) + 1.0) / (cy * scale)
         zoom = max(zoom, float(need_x.max()), float(need_y.max()))
     return zoom
+
+
+# --------------------------------------------------------------------------------------------- one view
+
+def render_view(stack: LayerStack, shift: tuple[float, float], vertical: tuple[float, float] = (0.0, 0.0), *,
+                iterations: int = 4) -> np.ndarray:
+    """The stack seen from a moved camera, every pixel displaced by its own layer's depth.
+
+    A pixel of nearness ``n`` (``StackLayer.depth``) moves by ``shift[0] * n + shift[1]`` pixels to the right
+    and ``vertical[0] * n + vertical[1]`` pixels down: an affine map from nearness to pixel shift, so a camera
+    move of known size is rendered exactly. For a rectified stereo pair whose depth map is the disparity
+    stretched to [0, 1] from [lo, hi] pixels, the right camera's view is ``shift = (-(hi - lo), -lo)``.
+
+    Each layer is warped forwards: every source pixel lands on the output pixels around its new place, the
+    nearest one winning where several land (a layer folds over itself at a depth edge), and each output pixel
+    keeps the exact sub-pixel source position that lands there; output pixels nothing lands on (a layer
+    stretching) take the source found by a backward fixed-point search on the layer's depth. The layer is
+    then sampled there bilinearly in premultiplied alpha, and the layers composited back to front. Lookups
+    past the frame edge repeat the edge pixel, so the frame has no border; what a nearer layer uncovers is the
+    farther layers' filled content.
+
+    Args:
+        stack: the layers, back to front, each with its completed depth.
+        shift: (pixels per unit of nearness, pixels at nearness 0), horizontal.
+        vertical: the same, vertical.
+        iterations: fixed-point steps of the backward warp, 1..16.
+
+    Returns:
+        uint8 (H, W, 3).
+    """
+    if not isinstance(stack, LayerStack):
+        raise ValueError(f"stack must be a LayerStack, got {type(stack).__name__}")
+    coeffs = []
+    for name, pair in (("shift", shift), ("vertical", vertical)):
+        try:
+            a, b = (float(v) for v in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be two numbers (pixels per unit of nearness, offset), "
+                             f"got {pair!r}") from None
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise ValueError(f"{name} must be finite, got {pair!r}")
+        coeffs.append((a, b))
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or not 1 <= iterations <= 16:
+        raise ValueError(f"iterations must be an integer in [1, 16], got {iterations!r}")
+    (ax, bx), (ay, by) = coeffs
+    width, height = stack.size
+    out = np.zeros((height, width, 3), np.float32)
+    for layer in stack:
+        depth = np.asarray(layer.depth, dtype=np.float32)
+        sx = np.full((height, width), np.nan, np.float32)
+        sy = np.full((height, width), np.nan, np.float32)
+        _splat_sources(sx, sy, depth, layer.alpha > 0.0, (ax, bx), (ay, by))
+        hole_y, hole_x = np.nonzero(np.isnan(sx))
+        if hole_y.size:
+            hx, hy = hole_x.astype(np.float32), hole_y.astype(np.float32)
+            px, py = hx.copy(), hy.copy()
+            for _ in range(iterations):
+                n = _bilinear(depth[..., None], px, py)[..., 0]
+                px = hx - (ax * n + bx)
+                py = hy - (ay * n + by)
+            sx[hole_y, hole_x] = px
+            sy[hole_y, hole_x] = py
+        pre = premultiply(layer.rgba)
+        sample = _bilinear(pre, sx, sy)
+        keep = 1.0 - sample[..., 3:4]
+        out *= keep
+        out += sample[..., :3]
+    return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _splat_sources(sx: np.ndarray, sy: np.ndarray, depth: np.ndarray, content: np.ndarray, horizontal, vertical):
+    """Overwrite (in place) the source position of every output pixel a source pixel lands on.
+
+    Each source pixel lands on the 2 (or 4) output pixels around its displaced position; where several land,
+    content beats transparency and then the nearer wins (written last after a sort by that key).
+    """
+    (ax, bx), (ay, by) = horizontal, vertical
+    height, width = depth.shape
+    key = depth.ravel() + content.ravel().astype(np.float32) * np.float32(2.0)
+    order = np.argsort(key, kind="stable")
+    src_y, src_x = np.divmod(order, width)
+    n = depth.ravel()[order]
+    tx = src_x + (ax * n + bx)
+    ty = src_y + (ay * n + by)
+    xs_options = (np.floor(tx), np.ceil(tx))
+    ys_options = (np.floor(ty), np.ceil(ty)) if (ay or by) else (ty,)
+    for target_y in ys_options:
+        for target_x in xs_options:
+            ix, iy = target_x.astype(np.intp), np.rint(target_y).astype(np.intp)
+            ok = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
+            # numpy writes repeated indices in order, so the last (nearest) source wins.
+            sx[iy[ok], ix[ok]] = (target_x - (tx - src_x))[ok]
+            sy[iy[ok], ix[ok]] = (target_y - (ty - src_y))[ok]
+
+
+def _bilinear(image: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """Bilinear lookup of a (H, W, C) float array at (sx, sy) (pixel centres at integers), edges repeated."""
+    h, w = image.shape[:2]
+    sx = np.clip(sx, 0.0, w - 1.0)
+    sy = np.clip(sy, 0.0, h - 1.0)
+    x0 = np.minimum(sx.astype(np.intp), w - 2) if w > 1 else np.zeros(sx.shape, np.intp)
+    y0 = np.minimum(sy.astype(np.intp), h - 2) if h > 1 else np.zeros(sy.shape, np.intp)
+    fx = (sx - x0)[..., None]
+    fy = (sy - y0)[..., None]
+    flat = image.reshape(h * w, -1)
+    base = y0 * w + x0
+    dx = 1 if w > 1 else 0
+    dy = w if h > 1 else 0
+    top = flat[base] * (1.0 - fx) + flat[base + dx] * fx
+    bottom = flat[base + dy] * (1.0 - fx) + flat[base + dy + dx] * fx
+    return (top * (1.0 - fy) + bottom * fy).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------- video

@@ -75,6 +75,9 @@ class GenerateOptions:
     """Which exports to write, any of EXPORT_FORMATS (the PNGs, composite and manifest are always written)."""
     glb_relief: bool = False
     """stack.glb cards are grids displaced by each layer's depth map instead of flat quads."""
+    displacement: float = 0.0
+    """Parallax video: 0 = each layer a flat card, 1 = each pixel moves by its own depth (default for a stack
+    decomposed from a picture, whose layers carry their completed depth)."""
 
     def __post_init__(self):
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
@@ -95,6 +98,8 @@ class GenerateOptions:
             raise ValueError(f"unknown parallax path {self.parallax!r}; choose one of {', '.join(CAMERA_PATHS)}")
         if not 2 <= self.frames <= 600:
             raise ValueError(f"frames must be 2..600, got {self.frames}")
+        if isinstance(self.displacement, bool) or not 0.0 <= self.displacement <= 1.0:
+            raise ValueError(f"displacement must be 0..1, got {self.displacement!r}")
         if not 1 <= self.fps <= 60:
             raise ValueError(f"fps must be 1..60, got {self.fps}")
         lo, hi = (self.thresholds + (0.0, 0.0))[:2] if len(self.thresholds) == 2 else (-1.0, -1.0)
@@ -112,9 +117,13 @@ class GenerateOptions:
 
 @dataclass
 class StackResult:
-    """A rendered scene: its plan, the maps it was conditioned on, the layers, and how it was made."""
+    """A rendered scene: its plan, the maps it was conditioned on, the layers, and how it was made.
 
-    plan: ScenePlan
+    A stack decomposed from a picture has no plan (None): its layers come from the picture's depth bands,
+    ``depths`` holds each layer's completed depth (control) and visible share (prior), and
+    ``render_info["decompose"]`` how it was split (thresholds, fill, seeds)."""
+
+    plan: Optional[ScenePlan]
     depths: dict[str, LayerDepth]
     stack: LayerStack
     render_info: dict
@@ -214,6 +223,10 @@ def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed:
     Returns:
         A new StackResult; the other layers are the very same StackLayer objects.
     """
+    if layer not in result.stack.names:
+        raise ValueError(f"no layer named {layer!r}; this stack has {', '.join(result.stack.names)}")
+    if result.plan is None:
+        return _repaint_decomposed(result, layer, backend, seed=seed, prompt=prompt, progress=progress)
     report = progress or (lambda fraction, text: None)
     old = result.plan.layer(layer)
     if seed is None and prompt is None:
@@ -230,6 +243,66 @@ def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed:
          "backend": rendered.info.get("backend")}]
     report(_MATTE_SPAN[1], f"{layer} regenerated")
     return StackResult(plan=plan, depths=result.depths, stack=result.stack.replace(new_layer), render_info=info,
+                       options=result.options, depth_source=result.depth_source,
+                       timings={"regenerate": time.perf_counter() - t})
+
+
+def decompose_picture(image: Image.Image, depth, backend: Optional[Backend] = None, *, layers=3, seed: int = 0,
+                      options: GenerateOptions = GenerateOptions(displacement=1.0), depth_source: str = "map",
+                      progress: Optional[Progress] = None) -> StackResult:
+    """Split a picture into a layer stack (``decompose.decompose``) shaped like a rendered one, for export.
+
+    Args:
+        image: the picture.
+        depth: its depth map (H, W), large = near (another size is resized, with a notice).
+        backend: a backend that can repaint fills the hidden parts in model mode; None / others fill offline.
+        layers: 2..6 or "auto".
+        seed: seed of the repainting.
+        options: export settings (parallax path, frames, per-pixel displacement, matte model).
+        depth_source: "map" (given by the user) or "reference" (estimated from the picture).
+        progress: called with (fraction, description).
+
+    Returns:
+        A StackResult with no plan; ``render_info["decompose"]`` holds thresholds, fill, seeds and notices.
+    """
+    from .decompose import decompose
+
+    if depth_source not in DEPTH_SOURCES[1:]:
+        raise ValueError(f"depth source of a picture must be 'map' or 'reference', got {depth_source!r}")
+    t = time.perf_counter()
+    session = _matte_session(options.matte_model) if options.matte_model else None
+    split = decompose(image, depth, layers=layers, session=session, backend=backend, seed=seed,
+                      progress=(lambda f, text: progress(0.9 * f, text)) if progress else None)
+    depths = {layer.name: LayerDepth(name=layer.name, control=layer.depth, prior=split.visible[layer.name],
+                                     nearness=layer.nearness) for layer in split.stack}
+    seeds = split.info.get("repaint_seeds", {})
+    info = {"backend": getattr(backend, "name", None) if split.info["fill"] == "repaint" else "offline",
+            "decompose": {"seed": seed, "thresholds": list(split.thresholds), "layer_count": split.info["layer_count"],
+                          "fill": split.info["fill"], "seeds": seeds, "notices": list(split.notices)}}
+    return StackResult(plan=None, depths=depths, stack=split.stack, render_info=info, options=options,
+                       depth_source=depth_source, timings={"decompose": time.perf_counter() - t})
+
+
+def _repaint_decomposed(result: StackResult, layer: str, backend: Backend, *, seed: Optional[int],
+                        prompt: Optional[str], progress: Optional[Progress]) -> StackResult:
+    """Repaint the hidden part of one layer of a decomposed picture; every other layer stays exactly as it was."""
+    from .decompose import repaint_layer
+
+    if prompt is not None:
+        raise ValueError("a layer of a decomposed picture has no prompt to change; give --seed only")
+    split = dict(result.render_info.get("decompose") or {})
+    seeds = dict(split.get("seeds", {}))
+    if seed is None:
+        seed = (int(seeds.get(layer, split.get("seed", 0))) * 1_103_515_245 + 12_345) % 2**31
+    t = time.perf_counter()
+    new_layer, info = repaint_layer(result.stack, layer, backend, seed=seed,
+                                    progress=(lambda f, text: progress(0.9 * f, text)) if progress else None)
+    seeds[layer] = seed
+    split["seeds"] = seeds
+    render_info = dict(result.render_info, decompose=split)
+    render_info["regenerated"] = list(render_info.get("regenerated", [])) + [
+        {"layer": layer, "seed": seed, "backend": info.get("backend")}]
+    return StackResult(plan=None, depths=result.depths, stack=result.stack.replace(new_layer), render_info=render_info,
                        options=result.options, depth_source=result.depth_source,
                        timings={"regenerate": time.perf_counter() - t})
 
@@ -291,20 +364,24 @@ def build_manifest(result: StackResult) -> dict:
     """Everything needed to reproduce the stack: prompt, plan, seeds, backend and models, sizes, depth, versions."""
     plan = result.plan
     width, height = result.stack.size
+    split = result.render_info.get("decompose") or {}
+    seeds = split.get("seeds", {})
     return {
         "layercake": __version__,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "prompt": plan.prompt,
-        "seed": plan.seed,
+        "source": "prompt" if plan is not None else "picture",
+        "prompt": plan.prompt if plan is not None else None,
+        "seed": plan.seed if plan is not None else split.get("seed"),
         "width": width,
         "height": height,
-        "aspect": plan.aspect,
+        "aspect": plan.aspect if plan is not None else None,
         "backend": result.render_info.get("backend"),
         "models": {k: v for k, v in result.render_info.items() if k in ("model", "controlnet", "family", "preset")},
         "render": result.render_info,
         "depth_source": result.depth_source,
         "options": result.options.to_dict(),
-        "plan": plan.to_dict(),
+        "plan": plan.to_dict() if plan is not None else None,
+        "thresholds": split.get("thresholds", list(result.options.thresholds)),
         "layers": [
             {
                 "name": layer.name,
@@ -312,10 +389,10 @@ def build_manifest(result: StackResult) -> dict:
                 "depth_file": f"depth/{layer.name}.png",
                 "prior_file": f"priors/{layer.name}.png",
                 "nearness": round(layer.nearness, 6),
-                "seed": plan.layer(layer.name).seed,
-                "prompt": plan.layer(layer.name).prompt,
-                "negative_prompt": plan.layer(layer.name).negative_prompt,
-                "dropped": list(plan.layer(layer.name).dropped),
+                "seed": plan.layer(layer.name).seed if plan is not None else seeds.get(layer.name),
+                "prompt": plan.layer(layer.name).prompt if plan is not None else None,
+                "negative_prompt": plan.layer(layer.name).negative_prompt if plan is not None else None,
+                "dropped": list(plan.layer(layer.name).dropped) if plan is not None else [],
                 "alpha_coverage": round(float(layer.alpha.mean()), 6),
             }
             for layer in result.stack
@@ -410,7 +487,8 @@ def _write_all(result: StackResult, root: Path, report: Progress) -> dict[str, s
 
 def _write_parallax(result: StackResult, path: Path) -> None:
     # Streamed: ffmpeg encodes while later frames are still being rendered.
-    frames = iter_parallax_frames(result.stack, result.options.parallax, frames=result.options.frames)
+    frames = iter_parallax_frames(result.stack, result.options.parallax, frames=result.options.frames,
+                                  displacement=result.options.displacement)
     write_video(frames, path, fps=result.options.fps)
 
 
@@ -443,7 +521,7 @@ def load_result(out_dir) -> StackResult:
         raise ValueError(f"{out} is not a Layercake output folder (no manifest.json)")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        plan = ScenePlan.from_dict(manifest["plan"])
+        plan = ScenePlan.from_dict(manifest["plan"]) if manifest.get("plan") is not None else None
         options = GenerateOptions(**manifest["options"])
         depths, layers = {}, []
         for entry in manifest["layers"]:

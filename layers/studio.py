@@ -115,6 +115,16 @@ class Run:
         """A small JSON-able description for the page and API clients (no file paths)."""
         plan = self.result.plan
         width, height = self.result.stack.size
+        if plan is None:  # decomposed from a picture
+            split = self.result.render_info.get("decompose", {})
+            return {"run_id": self.run_id, "source": "picture", "backend": self.result.render_info.get("backend"),
+                    "width": width, "height": height, "depth_source": self.result.depth_source,
+                    "thresholds": split.get("thresholds"), "fill": split.get("fill"),
+                    "notices": split.get("notices", []), "parallax": self.result.options.parallax,
+                    "seconds": round(self.seconds, 3),
+                    "layers": [{"name": layer.name, "nearness": round(layer.nearness, 4),
+                                "alpha_coverage": round(float(layer.alpha.mean()), 4)} for layer in self.result.stack],
+                    "timings": {k: round(v, 3) for k, v in self.result.timings.items()}}
         return {
             "run_id": self.run_id,
             "backend": self.result.render_info.get("backend"),
@@ -312,6 +322,55 @@ class Studio:
                           depth_map=depth, depth_source=None if depth is None else depth_source,
                           overrides=overrides or None, progress=progress)
         return self._finish(run_id, folder, result, progress, t0)
+
+    def decompose(self, image, *, depth_map=None, layers="3", seed: int = 0,
+                  options: GenerateOptions = GenerateOptions(displacement=1.0),
+                  progress: Optional[Progress] = None) -> Run:
+        """Split an uploaded picture into depth layers (filled behind) in a new folder of its own.
+
+        Args:
+            image: path of the uploaded picture.
+            depth_map: path of its depth map (image, white = near, or .npy); None estimates it from the picture.
+            layers: "2".."6" or "auto".
+            seed: seed of model-mode inpainting.
+            options: export settings (parallax path, per-pixel displacement).
+            progress: called with (fraction, description).
+
+        Returns:
+            The Run.
+
+        Raises:
+            ValueError: a missing, unreadable or unsuitable picture or depth map, a bad layer count, or no depth
+            estimator when no depth map is given.
+        """
+        from .decompose import check_picture, load_depth, prepare_depth
+        from .pipeline import decompose_picture
+
+        t0 = time.perf_counter()
+        if not image:
+            raise ValueError("upload a picture to decompose")
+        count = str(layers).strip().lower()
+        if count != "auto" and not (count.isdigit() and 2 <= int(count) <= 6):
+            raise ValueError(f"layers must be 2..6 or auto, got {layers!r}")
+        picture = check_picture(open_image(image, max_pixels=self.limits.max_upload_pixels, what="image"))
+        if depth_map:
+            if not str(depth_map).lower().endswith(".npy"):
+                open_image(depth_map, max_pixels=self.limits.max_upload_pixels, what="depth map")
+            depth, source = load_depth(depth_map), "map"
+        else:
+            try:
+                depth, source = self._estimate_depth(picture), "reference"
+            except ValueError as exc:
+                raise ValueError(f"no depth map: upload one (white = near), or make the estimator available "
+                                 f"({exc})") from None
+        depth, notices = prepare_depth(depth, picture.size)
+        backend = self.backend if callable(getattr(self.backend, "repaint", None)) else None
+        run_id = uuid.uuid4().hex
+        self.cleanup()
+        result = decompose_picture(picture, depth, backend, layers=count if count == "auto" else int(count),
+                                   seed=_seed(seed), options=options, depth_source=source, progress=progress)
+        result.render_info["decompose"]["notices"] = notices + result.render_info["decompose"]["notices"]
+        return self._finish(run_id, self.runs_root / run_id, result, progress, t0)
 
     def regenerate(self, run_id: str, layer: str, *, seed: Optional[int] = None, prompt: Optional[str] = None,
                    progress: Optional[Progress] = None) -> Run:
