@@ -376,7 +376,9 @@ def _layer_alphas(picture: Image.Image, band: np.ndarray, count: int, session, s
     from scipy import ndimage
 
     h, w = band.shape
-    matte_settings = MatteSettings(band=settings.band)
+    # A photo has no plain backdrop to key against: closed-form matting of the band's trimap (matte.py's
+    # default keying assumes a render on a known backdrop).
+    matte_settings = MatteSettings(band=settings.band, method="closed-form")
     # Nested mattes of "nearer than threshold k", made monotone: a pixel nearer than t_k+1 is nearer than t_k.
     nested = [np.ones((h, w), np.float32)]
     for k in range(1, count):
