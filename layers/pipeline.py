@@ -468,7 +468,7 @@ def _write_all(result: StackResult, root: Path, report: Progress) -> dict[str, s
              ("zip", lambda p: export_zip(stack, manifest, p, composite=composite,
                                           extras=depth_pair_files(stack, composite))),
              ("glb", lambda p: export_glb(stack, p, settings=GlbSettings(relief=result.options.glb_relief))),
-             ("html", lambda p: export_html(stack, p, title=f"{result.plan.prompt[:80]} (Layercake parallax)"))]
+             ("html", lambda p: export_html(stack, p, title=_page_title(result)))]
     if result.options.video:
         steps.append(("mp4", lambda p: _write_parallax(result, p)))
     steps = [(key, write) for key, write in steps if key in result.options.formats]
@@ -483,6 +483,12 @@ def _write_all(result: StackResult, root: Path, report: Progress) -> dict[str, s
     (root / OUTPUT_NAMES["manifest"]).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     files["manifest"] = OUTPUT_NAMES["manifest"]
     return files
+
+
+def _page_title(result: StackResult) -> str:
+    # A decomposed picture has no prompt to name the page after.
+    what = result.plan.prompt[:80] if result.plan is not None else "A picture in layers"
+    return f"{what} (Layercake parallax)"
 
 
 def _write_parallax(result: StackResult, path: Path) -> None:
