@@ -14,6 +14,9 @@ from typing import Optional, Sequence
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for `cat` or `grep` whose reader went away, so `set -o pipefail` scripts
+see a closed pipe the same way from every tool."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,7 +94,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line. Returns the exit code."""
     try:
         args = build_parser().parse_args(argv)
-        return {"plan": _cmd_plan, "generate": _cmd_generate, "regenerate": _cmd_regenerate}[args.command](args)
+        code = {"plan": _cmd_plan, "generate": _cmd_generate, "regenerate": _cmd_regenerate}[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader has gone (`... | head`): end quietly, as the standard tools do. Python flushes stdout again
+        # at exit; pointing it at /dev/null keeps that from printing a second error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except (_BadInput, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

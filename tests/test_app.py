@@ -419,8 +419,8 @@ def test_old_results_are_cleaned_up_and_the_cached_example_is_kept(tmp_path):
     runs = [folder(uuid.uuid4().hex, age) for age in (10, 20, 30, 40, 50)]
     expired = folder(uuid.uuid4().hex, 2 * 3600)
     example = folder("example-" + "ab" * 16, 30 * 24 * 3600)
-    stale_staging = folder(".abc.tmp", 2 * 3600)
-    fresh_staging = folder(".def.tmp", 5)  # a request writing right now
+    stale_staging = folder(f".{uuid.uuid4().hex}.{os.getpid()}-{'a' * 12}.tmp", 2 * 3600)
+    fresh_staging = folder(f".{uuid.uuid4().hex}.{os.getpid()}-{'d' * 12}.tmp", 5)  # a request writing right now
     other = folder("notes", 9 * 3600)
 
     removed = studio.cleanup(now=now)
