@@ -14,6 +14,7 @@ import argparse
 import functools
 import html
 import logging
+import math
 import re
 import sys
 import uuid
@@ -542,7 +543,7 @@ def _whole(value, name: str, default: Optional[int] = None) -> Optional[int]:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if number != int(number):
+    if not math.isfinite(number) or number != int(number):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     return int(number)
 

@@ -297,3 +297,22 @@ def test_a_closed_stdout_pipe_ends_quietly_with_141():
     shell = subprocess.run(f"{sys.executable} -m layers plan --prompt '{PROMPT}' --json | head -c 100",
                            shell=True, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert shell.stdout.startswith("{") and len(shell.stdout) == 100 and shell.stderr == ""
+
+
+def test_the_studio_limit_is_the_only_one_applied_to_an_upload(tmp_path, monkeypatch):
+    """The studio's own limit decides; no inner loader checks the map again against the built-in default."""
+    from layers import images
+    from layers.studio import Studio, StudioLimits
+
+    monkeypatch.setattr(images, "MAX_IMAGE_PIXELS", 1_000)  # the built-in default, far below the studio's
+    Image.new("L", (120, 100), 128).save(tmp_path / "map.png")
+    studio = Studio(get_backend("draft"), output_root=tmp_path / "out",
+                    limits=StudioLimits(max_upload_pixels=20_000))
+    run = studio.generate(PROMPT, **SIZE, depth_source="map", depth_map=str(tmp_path / "map.png"),
+                          options=GenerateOptions(video=False))
+    assert run.result.depth_source == "map"
+    small = Studio(get_backend("draft"), output_root=tmp_path / "out2", limits=StudioLimits(max_upload_pixels=5_000))
+    with pytest.raises(ValueError) as info:
+        small.generate(PROMPT, **SIZE, depth_source="map", depth_map=str(tmp_path / "map.png"))
+    assert str(info.value) == ("depth map map.png is too large: 120x100 pixels (0.012 MP), more than the limit of "
+                               "0.005 MP (set LAYERCAKE_MAX_UPLOAD_PIXELS to change it)")
