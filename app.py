@@ -28,7 +28,7 @@ from layers.backends import BACKEND_CHOICES
 from layers.parallax import CAMERA_PATHS
 from layers.pipeline import GenerateOptions
 from layers.plan import LAYER_NAMES, LayerPlan, ScenePlan, size_for_aspect
-from layers.studio import Run, Studio
+from layers.studio import Run, Studio, trim_memory
 
 try:  # Hugging Face ZeroGPU lends a GPU per call to functions wrapped in spaces.GPU; elsewhere it is absent.
     import spaces
@@ -80,7 +80,10 @@ def on_gpu(fn):
 
 
 def user_errors(fn):
-    """Turn exceptions into gr.Error: a ValueError's message is for the user; anything else is logged, not shown."""
+    """Turn exceptions into gr.Error: a ValueError's message is for the user; anything else is logged, not shown.
+
+    After each request, memory it freed is handed back to the system (layers.studio.trim_memory).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -95,6 +98,8 @@ def user_errors(fn):
             log.exception("request failed (reference %s)", ref)
             raise gr.Error(f"Something went wrong on the server (reference {ref}); the details are in its log.",
                            print_exception=False) from None
+        finally:
+            trim_memory()  # the request's stack is garbage now: give its pages back
 
     return wrapper
 

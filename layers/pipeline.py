@@ -24,8 +24,8 @@ from PIL import Image
 from . import __version__, folders
 from .backends import Backend, RenderRequest, RenderSettings
 from .depth import DepthSettings, LayerDepth, build_depth_maps
-from .export import (export_ora, export_psd, export_zip, load_depth_png16, package_versions, save_depth_png16,
-                     save_png)
+from .export import (export_ora, export_psd, export_zip, load_depth_png16, package_versions, png_encodings_kept,
+                     save_depth_png16, save_png)
 from .images import PIXEL_LIMIT_VAR, open_image, pixel_limit
 from .manifest import read_manifest
 from .matte import matte_rgba, new_matte_session
@@ -345,7 +345,8 @@ def write_outputs(result: StackResult, out_dir, *, progress: Optional[Progress] 
     except OSError as exc:
         raise ValueError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
     try:
-        files = _write_all(result, staging, report)
+        with png_encodings_kept():
+            files = _write_all(result, staging, report)
         if out.is_dir():
             folders.carry_over(out, staging, _OURS)
         folders.replace_folder(staging, out)

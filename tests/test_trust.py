@@ -316,3 +316,12 @@ def test_the_studio_limit_is_the_only_one_applied_to_an_upload(tmp_path, monkeyp
         small.generate(PROMPT, **SIZE, depth_source="map", depth_map=str(tmp_path / "map.png"))
     assert str(info.value) == ("depth map map.png is too large: 120x100 pixels (0.012 MP), more than the limit of "
                                "0.005 MP (set LAYERCAKE_MAX_UPLOAD_PIXELS to change it)")
+
+
+def test_a_written_stack_leaves_no_encodings_in_memory(stacks, tmp_path):
+    """A long-running server kept the last 24 PNG encodings (tens of MB per large stack) after every request."""
+    from layers import export
+    from layers.pipeline import load_result
+
+    write_outputs(load_result(stacks["new"]), tmp_path / "scene")
+    assert len(export._PNG_CACHE) == 0
