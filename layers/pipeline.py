@@ -334,11 +334,7 @@ def write_outputs(result: StackResult, out_dir, *, progress: Optional[Progress] 
     """
     report = progress or (lambda fraction, text: None)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} is a file")
-    if out.is_dir() and not (out / OUTPUT_NAMES["manifest"]).is_file() and any(out.iterdir()):
-        raise ValueError(f"output folder {out} already holds other files and is not a Layercake output; "
-                         f"choose a new or empty folder")
+    check_output_folder(out)
     folders.clean_stale(out.resolve().parent)
     try:
         staging = folders.staging_folder(out)
@@ -356,6 +352,19 @@ def write_outputs(result: StackResult, out_dir, *, progress: Optional[Progress] 
         shutil.rmtree(staging, ignore_errors=True)
     report(1.0, "done")
     return {key: out / rel for key, rel in files.items()}
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an output folder that is a file, or a non-empty folder that is not a Layercake output.
+
+    Replacing a folder replaces it whole, so a folder of other things (someone's Documents) is never taken.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file")
+    if out.is_dir() and not (out / OUTPUT_NAMES["manifest"]).is_file() and any(out.iterdir()):
+        raise ValueError(f"output folder {out} already holds other files and is not a Layercake output; "
+                         f"choose a new or empty folder")
 
 
 def _write_all(result: StackResult, root: Path, report: Progress) -> dict[str, str]:

@@ -218,6 +218,8 @@ def test_replacing_an_output_keeps_what_the_user_added_and_refuses_a_foreign_fol
     with pytest.raises(ValueError, match="already holds other files and is not a Layercake output"):
         write_outputs(load_result(stacks["new"]), home)
     assert [p.name for p in home.iterdir()] == ["thesis.tex"]
+    code = main(["generate", "--prompt", PROMPT, "--out", str(home), "--backend", "draft", "--no-video"])
+    assert code == 2 and [p.name for p in home.iterdir()] == ["thesis.tex"]
 
 
 # --- stale staging ----------------------------------------------------------------------------------------------
