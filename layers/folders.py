@@ -62,8 +62,8 @@ def replace_folder(staging: Path, out: Path) -> None:
         _step("moved-in")
         return
     if _exchange(staging, out):
-        _step("exchanged")  # `staging` now holds the old folder
-        shutil.rmtree(staging, ignore_errors=True)
+        _step("exchanged")  # `staging` now holds the old folder (or the link that stood in its place)
+        _remove(staging)
         _step("removed-old")
         return
     aside = staging.with_name(staging.name[: -len(".tmp")] + ".old")
@@ -75,7 +75,7 @@ def replace_folder(staging: Path, out: Path) -> None:
         os.rename(aside, out)
         raise
     _step("moved-in")
-    shutil.rmtree(aside, ignore_errors=True)
+    _remove(aside)
     _step("removed-old")
 
 
@@ -147,6 +147,13 @@ def clean_stale(parent: Path, *, now: Optional[float] = None, max_age: float = S
             continue  # not ours to remove after all (permissions): leave it
         done.append(entry.name)
     return done
+
+
+def _remove(path: Path) -> None:
+    if os.path.islink(path):
+        os.unlink(path)
+    else:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
