@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
         sampler = MemorySampler(server.proc.pid)
         sampler.start()
         try:
-            startup = server.wait_ready()
+            startup = server.wait_ready(timeout=600)  # a loaded machine starts gradio slowly
             start_rss = rss_after_quiet(server.proc.pid)
             first = generate(server.url, 0, width, height)
             latencies = [generate(server.url, 1 + i, width, height) for i in range(args.runs)]

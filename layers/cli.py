@@ -249,7 +249,7 @@ def _cmd_regenerate(args) -> int:
         # The preset name, when there is one, brings back its scheduler too; a bare hub id would not.
         info = result.render_info
         options = {"model": info.get("preset") or info.get("model"), "controlnet": info.get("controlnet")}
-        options = {k: v for k, v in options.items() if v}
+        options = {k: _hub_name(k, v) for k, v in options.items() if v}
     backend, notice = resolve_backend(name, **options)
     if notice:
         print(notice, file=sys.stderr)
@@ -259,6 +259,21 @@ def _cmd_regenerate(args) -> int:
         files = write_outputs(result, args.source, progress=bar)
     _summary(result, files, time.perf_counter() - t0)
     return 0
+
+
+def _hub_name(key: str, value) -> str:
+    """A model named by a received manifest: a preset or hub id only, never a folder on this machine.
+
+    A manifest is not trusted to pick files to load; a local model is named on the command line (--model).
+    """
+    import re
+
+    text = str(value)
+    if (not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text) or ".." in text
+            or os.path.lexists(os.path.expanduser(text))):
+        raise ValueError(f"the manifest's {key} {text[:200]!r} is not a preset or hub id; to use a local model, "
+                         f"pass --{key}")
+    return text
 
 
 def _model_options(args) -> dict:

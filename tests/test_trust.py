@@ -60,8 +60,8 @@ def png_header(path: Path, width: int, height: int) -> Path:
     return path
 
 
-def regenerate(folder: Path, capsys) -> tuple[int, list[str]]:
-    code = main(["regenerate", "--from", str(folder), "--layer", "midground", "--seed", "9", "--backend", "draft"])
+def regenerate(folder: Path, capsys, backend=("--backend", "draft")) -> tuple[int, list[str]]:
+    code = main(["regenerate", "--from", str(folder), "--layer", "midground", "--seed", "9", *backend])
     return code, capsys.readouterr().err.strip().splitlines()
 
 
@@ -116,6 +116,8 @@ TAMPERED = {
     "layer of another size": (lambda m, w: Image.new("RGBA", (64, 64)).save(w / "layers" / "midground.png"),
                               "midground layer midground.png is 64x64; the stack is 96x160"),
     "bad options": (lambda m, w: m["options"].update(steps=10**9), "steps must be 1..150"),
+    "local model folder": (lambda m, w: m["render"].update(backend="diffusers", model=str(w.parent)),
+                           "is not a preset or hub id; to use a local model, pass --model"),
 }
 
 
@@ -126,7 +128,8 @@ def test_a_tampered_folder_is_refused_in_one_line_and_nothing_is_read_or_written
     Image.new("RGBA", (96, 160), (255, 0, 0, 255)).save(tmp_path / "shared" / "secret.png")
     work = tamper(stacks, tmp_path, change)
     before = everything_under(tmp_path)
-    code, lines = regenerate(work, capsys)
+    # The backend the manifest names is used unless one is given: the "local model" case relies on that.
+    code, lines = regenerate(work, capsys, backend=() if case == "local model folder" else ("--backend", "draft"))
     assert code == 2 and len(lines) == 1, lines
     assert needle in lines[0], lines[0]
     assert everything_under(tmp_path) == before, "nothing written, inside or outside the folder"
