@@ -14,6 +14,7 @@ import argparse
 import functools
 import html
 import logging
+import math
 import re
 import sys
 import uuid
@@ -28,7 +29,7 @@ from layers.parallax import CAMERA_PATHS
 from layers.webpage import viewer_markup
 from layers.pipeline import GenerateOptions
 from layers.plan import LAYER_NAMES, LayerPlan, ScenePlan, size_for_aspect
-from layers.studio import Run, Studio
+from layers.studio import Run, Studio, trim_memory
 
 try:  # Hugging Face ZeroGPU lends a GPU per call to functions wrapped in spaces.GPU; elsewhere it is absent.
     import spaces
@@ -80,7 +81,10 @@ def on_gpu(fn):
 
 
 def user_errors(fn):
-    """Turn exceptions into gr.Error: a ValueError's message is for the user; anything else is logged, not shown."""
+    """Turn exceptions into gr.Error: a ValueError's message is for the user; anything else is logged, not shown.
+
+    After each request, memory it freed is handed back to the system (layers.studio.trim_memory).
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -95,6 +99,8 @@ def user_errors(fn):
             log.exception("request failed (reference %s)", ref)
             raise gr.Error(f"Something went wrong on the server (reference {ref}); the details are in its log.",
                            print_exception=False) from None
+        finally:
+            trim_memory()  # the request's stack is garbage now: give its pages back
 
     return wrapper
 
@@ -201,6 +207,7 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
                   [notice], api_visibility="private", queue=False)
 
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    explain_bad_payloads(demo)
     return demo
 
 
@@ -568,6 +575,72 @@ def build_picture_tab(studio: Studio, concurrency: int) -> None:
     depth_file.upload(lambda: "map", None, [depth_source], api_visibility="private", queue=False)
 
 
+def explain_bad_payloads(demo: gr.Blocks) -> gr.Blocks:
+    """Give an API client a one-line reason for a payload gradio cannot even hand to our functions.
+
+    Gradio checks and converts the raw values (count, numbers, choices) before calling a function; what it refuses
+    there reaches the client as `{"error": null}` and a traceback in the log. Here it becomes a gr.Error naming
+    the input and the value.
+    """
+    original = demo.preprocess_data
+
+    async def preprocess_data(block_fn, inputs, state, *args, **kwargs):
+        names = _input_names(block_fn)
+        given = inputs if isinstance(inputs, list) else []
+        if len(given) < len(block_fn.inputs):
+            missing = ", ".join(names[len(given):])
+            raise gr.Error(f"{len(block_fn.inputs)} input values are needed, got {len(given)}; missing: {missing}",
+                           print_exception=False)
+        try:
+            return await original(block_fn, inputs, state, *args, **kwargs)
+        except gr.Error:
+            raise
+        except Exception as exc:
+            name, value, reason = _first_refused(block_fn, names, given, exc)
+            log.info("refused a payload: %s %r: %s", name, value, reason)
+            raise gr.Error(f"{name} {_short(value)} is not accepted: {reason}", print_exception=False) from None
+
+    demo.preprocess_data = preprocess_data
+    return demo
+
+
+def _input_names(block_fn) -> list[str]:
+    """The API names of an event's inputs: its function's parameter names (a component's label otherwise)."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(block_fn.fn).parameters)
+    except (TypeError, ValueError):
+        params = []
+    return [params[i] if i < len(params) else (getattr(c, "label", None) or f"input {i + 1}")
+            for i, c in enumerate(block_fn.inputs)]
+
+
+def _first_refused(block_fn, names, values, exc) -> tuple[str, object, str]:
+    """Which input gradio refused, found by converting each plain (non-file, non-state) value on its own."""
+    for name, component, value in zip(names, block_fn.inputs, values):
+        if isinstance(component, (gr.File, gr.State)):
+            continue
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        try:
+            component.preprocess(value)
+        except Exception as err:  # noqa: BLE001 - any refusal is the answer we are looking for
+            if isinstance(component, (gr.Number, gr.Slider)) and not numeric:
+                return name, value, "it must be a number"
+            return name, value, _one_line(err)
+    return "a value", None, _one_line(exc)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return text[:200]
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _whole(value, name: str, default: Optional[int] = None) -> Optional[int]:
     """A whole number from a widget or API value (None or "" -> default)."""
     if value is None or value == "":
@@ -576,7 +649,7 @@ def _whole(value, name: str, default: Optional[int] = None) -> Optional[int]:
         number = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a whole number, got {value!r}") from None
-    if number != int(number):
+    if not math.isfinite(number) or number != int(number):
         raise ValueError(f"{name} must be a whole number, got {value!r}")
     return int(number)
 

@@ -14,6 +14,9 @@ from typing import Optional, Sequence
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a shell reports for `cat` or `grep` whose reader went away, so `set -o pipefail` scripts
+see a closed pipe the same way from every tool."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,8 +125,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line. Returns the exit code."""
     try:
         args = build_parser().parse_args(argv)
-        return {"plan": _cmd_plan, "generate": _cmd_generate, "decompose": _cmd_decompose,
+        code = {"plan": _cmd_plan, "generate": _cmd_generate, "decompose": _cmd_decompose,
                 "regenerate": _cmd_regenerate}[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows up here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader has gone (`... | head`): end quietly, as the standard tools do. Python flushes stdout again
+        # at exit; pointing it at /dev/null keeps that from printing a second error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except (_BadInput, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -190,8 +202,9 @@ def _cmd_plan(args) -> int:
 
 def _check_out_dir(out: Path) -> None:
     """Refuse an output folder that cannot be written, before any work is done."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} is a file")
+    from .pipeline import check_output_folder
+
+    check_output_folder(out)
     probe = out if out.exists() else next((p for p in out.resolve().parents if p.exists()), None)
     if probe is None or not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
         raise ValueError(f"output folder {out} cannot be written")
@@ -330,7 +343,7 @@ def _cmd_regenerate(args) -> int:
         # The preset name, when there is one, brings back its scheduler too; a bare hub id would not.
         info = result.render_info
         options = {"model": info.get("preset") or info.get("model"), "controlnet": info.get("controlnet")}
-        options = {k: v for k, v in options.items() if v}
+        options = {k: _hub_name(k, v) for k, v in options.items() if v}
     backend, notice = resolve_backend(name, **options)
     if notice:
         print(notice, file=sys.stderr)
@@ -340,6 +353,21 @@ def _cmd_regenerate(args) -> int:
         files = write_outputs(result, args.source, progress=bar)
     _summary(result, files, time.perf_counter() - t0)
     return 0
+
+
+def _hub_name(key: str, value) -> str:
+    """A model named by a received manifest: a preset or hub id only, never a folder on this machine.
+
+    A manifest is not trusted to pick files to load; a local model is named on the command line (--model).
+    """
+    import re
+
+    text = str(value)
+    if (not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", text) or ".." in text
+            or os.path.lexists(os.path.expanduser(text))):
+        raise ValueError(f"the manifest's {key} {text[:200]!r} is not a preset or hub id; to use a local model, "
+                         f"pass --{key}")
+    return text
 
 
 def _model_options(args) -> dict:

@@ -117,6 +117,25 @@ def _check_suffix(path: PathLike, suffix: str) -> Path:
 _PNG_CACHE: "OrderedDict[tuple, bytes]" = OrderedDict()
 _PNG_CACHE_SIZE = 24
 _PNG_LOCK = threading.Lock()
+_PNG_WRITERS = 0
+
+
+@contextlib.contextmanager
+def png_encodings_kept() -> Iterator[None]:
+    """Keep PNG encodings (png_bytes) while writes are under way; forget them when the last one ends.
+
+    A long-running server would otherwise hold the last 24 encodings (tens of MB per large stack) for good.
+    """
+    global _PNG_WRITERS
+    with _PNG_LOCK:
+        _PNG_WRITERS += 1
+    try:
+        yield
+    finally:
+        with _PNG_LOCK:
+            _PNG_WRITERS -= 1
+            if _PNG_WRITERS == 0:
+                _PNG_CACHE.clear()
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -5,23 +5,51 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Optional, Union
+from typing import Mapping, Optional, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 40_000_000
-"""Largest image (width x height) accepted from a user: 40 MP covers an 8K photo, refuses decompression bombs."""
+"""Default largest image (width x height) read: 40 MP covers an 8K photo, refuses decompression bombs."""
+PIXEL_LIMIT_VAR = "LAYERCAKE_MAX_UPLOAD_PIXELS"
+"""Environment variable that sets the pixel limit of every image read (uploads, depth maps, stack layers)."""
+PIXEL_LIMIT_RANGE = (1, 2 * Image.MAX_IMAGE_PIXELS)
+"""What the limit may be set to: at most the size Pillow itself still opens (about 179 MP), so that one limit,
+ours, decides and says so in its own words."""
 
 ImageSource = Union[str, os.PathLike, Image.Image]
 
 
-def open_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, what: str = "image") -> Image.Image:
+def pixel_limit(env: Mapping[str, str] = os.environ) -> int:
+    """The largest image (width x height) read anywhere: LAYERCAKE_MAX_UPLOAD_PIXELS, else MAX_IMAGE_PIXELS.
+
+    The one place the limit is read; every loader asks here when no limit is passed.
+
+    Raises:
+        ValueError: the variable is not a number or is out of PIXEL_LIMIT_RANGE.
+    """
+    text = env.get(PIXEL_LIMIT_VAR, "").strip()
+    if not text:
+        return MAX_IMAGE_PIXELS
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{PIXEL_LIMIT_VAR} must be a number, got {text!r}") from None
+    lo, hi = PIXEL_LIMIT_RANGE
+    if not (lo <= value <= hi and value == int(value)):
+        raise ValueError(f"{PIXEL_LIMIT_VAR} must be a whole number of pixels in {lo}..{hi}, got {text!r}")
+    return int(value)
+
+
+def open_image(source: ImageSource, *, max_pixels: Optional[int] = None, what: str = "image") -> Image.Image:
     """Open and fully load an image, refusing anything that is not a sane image.
 
+    The size is read from the file's header and checked before a single pixel is decoded.
+
     Args:
-        source: a path, or an already opened PIL image (checked for size only).
-        max_pixels: the largest width x height accepted.
+        source: a path, or an already opened PIL image (returned as it is: its pixels are already in memory).
+        max_pixels: the largest width x height accepted; None = pixel_limit().
         what: what the image is for, used in error messages ("depth map", "reference image").
 
     Returns:
@@ -31,39 +59,45 @@ def open_image(source: ImageSource, *, max_pixels: int = MAX_IMAGE_PIXELS, what:
         ValueError: missing file, not a file, not an image, truncated, or more than `max_pixels` pixels.
     """
     if isinstance(source, Image.Image):
-        _check_pixels(source.size, max_pixels, what, "the image")
         return source
+    limit = pixel_limit() if max_pixels is None else int(max_pixels)
     path = Path(source)
     if not path.exists():
         raise ValueError(f"{what} not found: {path}")
     if not path.is_file():
         raise ValueError(f"{what} is not a file: {path}")
     try:
-        # The header is read before the pixels, so a bomb is refused without decoding it.
-        with Image.open(path) as img:
-            _check_pixels(img.size, max_pixels, what, path.name)
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with warnings.catch_warnings():
+            # Our limit decides; Pillow's own warning would only add lines to the one-line error.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                check_pixels(img.size, limit, what, path.name)
                 img.load()
-            return img.copy()
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+                return img.copy()
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         if isinstance(exc, UnidentifiedImageError):
-            raise ValueError(f"{what} is not an image: {path.name}") from None
-        # Pillow refuses the largest bombs before we see their size; its message carries the pixel count.
+            raise ValueError(f"{what} {path.name} is not an image") from None
+        # Pillow refuses the very largest before their size is known to us; its message carries the pixel count.
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{int(found.group(1)) / 1e6:.0f} MP" if found else "too many pixels"
-        raise ValueError(f"{what} {path.name} is too large to open safely: {size}; the limit is "
-                         f"{max_pixels / 1e6:.0f} MP") from None
+        size = _mp(int(found.group(1))) if found else "too many pixels"
+        raise ValueError(f"{what} {path.name} is too large: {size}, more than the limit of {_mp(limit)} "
+                         f"(set {PIXEL_LIMIT_VAR} to change it)") from None
     except (OSError, SyntaxError) as exc:
         raise ValueError(f"{what} {path.name} could not be read: {exc}") from None
 
 
-def _check_pixels(size: tuple[int, int], max_pixels: int, what: str, name: str) -> None:
+def check_pixels(size: tuple[int, int], max_pixels: int, what: str, name: str) -> None:
+    """Refuse an empty image or one of more than max_pixels pixels, in one sentence naming it."""
     w, h = size
     if w <= 0 or h <= 0:
         raise ValueError(f"{what} {name} has an empty size {w}x{h}")
     if w * h > max_pixels:
-        raise ValueError(f"{what} {name} is {w}x{h} = {w * h / 1e6:.0f} MP; the limit is {max_pixels / 1e6:.0f} MP")
+        raise ValueError(f"{what} {name} is too large: {w}x{h} pixels ({_mp(w * h)}), more than the limit of "
+                         f"{_mp(max_pixels)} (set {PIXEL_LIMIT_VAR} to change it)")
+
+
+def _mp(pixels: int) -> str:
+    return f"{pixels / 1e6:.3g} MP"
 
 
 def check_unit_map(values, what: str, *, shape: Optional[tuple[int, int]] = None) -> np.ndarray:

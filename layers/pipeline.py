@@ -12,8 +12,8 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Optional
@@ -21,13 +21,15 @@ from typing import Callable, Mapping, Optional
 import numpy as np
 from PIL import Image
 
-from . import __version__
+from . import __version__, folders
 from .backends import Backend, RenderRequest, RenderSettings
 from .depth import DepthSettings, LayerDepth, build_depth_maps
 from .depthpair import depth_pair_files
-from .export import (export_ora, export_psd, export_zip, load_depth_png16, package_versions, save_depth_png16,
-                     save_png)
+from .export import (export_ora, export_psd, export_zip, load_depth_png16, package_versions, png_encodings_kept,
+                     save_depth_png16, save_png)
 from .gltf import GlbSettings, export_glb
+from .images import PIXEL_LIMIT_VAR, open_image, pixel_limit
+from .manifest import read_manifest
 from .matte import matte_rgba, new_matte_session
 from .parallax import CAMERA_PATHS, iter_parallax_frames, write_video
 from .plan import LAYER_NAMES, ScenePlan, plan_scene, with_layer
@@ -358,6 +360,8 @@ OUTPUT_NAMES = {
     "html": "parallax.html",
     "manifest": "manifest.json",
 }
+_OURS = frozenset({*OUTPUT_NAMES.values(), "layers", "depth", "priors", "preview"})
+"""Entries of an output folder that a new run writes (or the studio adds); anything else was put there by a user."""
 
 
 def build_manifest(result: StackResult) -> dict:
@@ -406,12 +410,14 @@ def build_manifest(result: StackResult) -> dict:
 def write_outputs(result: StackResult, out_dir, *, progress: Optional[Progress] = None) -> dict[str, Path]:
     """Write every output of a stack into `out_dir`, all or nothing.
 
-    Files are written into a staging folder beside `out_dir` and moved in only when all of them succeeded, so a
-    failed export leaves neither half-written files nor a mix of old and new ones.
+    The new folder is built beside `out_dir` and swapped in whole (layers.folders.replace_folder): at every moment,
+    even if the process is killed, `out_dir` is either the complete old folder or the complete new one. Files the
+    user added to an earlier output folder are carried over; a non-empty folder that is not a Layercake output is
+    refused. Staging folders left by killed runs are cleaned up first.
 
     Args:
         result: the stack.
-        out_dir: the folder (created if missing).
+        out_dir: the folder (created if missing, with the user's normal permissions).
         progress: called with (fraction, description).
 
     Returns:
@@ -419,27 +425,41 @@ def write_outputs(result: StackResult, out_dir, *, progress: Optional[Progress] 
         "depth/<name>", "priors/<name>".
 
     Raises:
-        ValueError: the folder cannot be created or written.
+        ValueError: the folder cannot be created or written, or holds other things than a Layercake output.
     """
     report = progress or (lambda fraction, text: None)
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} is a file")
-    parent = out.resolve().parent
+    check_output_folder(out)
+    folders.clean_stale(out.resolve().parent)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+        staging = folders.staging_folder(out)
     except OSError as exc:
         raise ValueError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
     try:
-        files = _write_all(result, staging, report)
-        _move_into(staging, out)
+        with png_encodings_kept():
+            files = _write_all(result, staging, report)
+        if out.is_dir():
+            folders.carry_over(out, staging, _OURS)
+        folders.replace_folder(staging, out)
     except OSError as exc:
         raise ValueError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     report(1.0, "done")
     return {key: out / rel for key, rel in files.items()}
+
+
+def check_output_folder(out: Path) -> None:
+    """Refuse an output folder that is a file, or a non-empty folder that is not a Layercake output.
+
+    Replacing a folder replaces it whole, so a folder of other things (someone's Documents) is never taken.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder {out} is a file")
+    if out.is_dir() and not (out / OUTPUT_NAMES["manifest"]).is_file() and any(out.iterdir()):
+        raise ValueError(f"output folder {out} already holds other files and is not a Layercake output; "
+                         f"choose a new or empty folder")
 
 
 def _write_all(result: StackResult, root: Path, report: Progress) -> dict[str, str]:
@@ -498,19 +518,12 @@ def _write_parallax(result: StackResult, path: Path) -> None:
     write_video(frames, path, fps=result.options.fps)
 
 
-def _move_into(staging: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    for src in sorted(staging.rglob("*")):
-        if src.is_file():
-            dest = out / src.relative_to(staging)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(src, dest)
-
-
 def load_result(out_dir) -> StackResult:
     """Read a stack written by write_outputs back (to regenerate one of its layers).
+
+    The folder may come from anyone: its manifest is checked whole first (layers.manifest.read_manifest: one
+    schema, size and nesting limits, every file inside the folder), then each image's size is read from its header
+    and must be the plan's before it is decoded.
 
     Args:
         out_dir: a folder holding manifest.json, layers/, depth/ and priors/.
@@ -519,27 +532,54 @@ def load_result(out_dir) -> StackResult:
         The StackResult, with layers loaded from their PNGs.
 
     Raises:
-        ValueError: the folder is not a complete Layercake output.
+        ValueError: one line saying why the folder is not a complete, sound Layercake output.
     """
     out = Path(out_dir)
-    manifest_path = out / OUTPUT_NAMES["manifest"]
-    if not manifest_path.is_file():
-        raise ValueError(f"{out} is not a Layercake output folder (no manifest.json)")
+    checked = read_manifest(out)
+    manifest = checked.data
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         plan = ScenePlan.from_dict(manifest["plan"]) if manifest.get("plan") is not None else None
         options = GenerateOptions(**manifest["options"])
-        depths, layers = {}, []
-        for entry in manifest["layers"]:
-            name = entry["name"]
-            with Image.open(out / entry["file"]) as img:
-                rgba = img.convert("RGBA")
-            control = load_depth_png16(out / entry["depth_file"])
-            with Image.open(out / entry["prior_file"]) as img:
-                prior = np.asarray(img.convert("L"), dtype=np.float32) / 255.0
-            depths[name] = LayerDepth(name=name, control=control, prior=prior, nearness=float(entry["nearness"]))
-            layers.append(StackLayer(name=name, rgba=rgba, depth=control, nearness=float(entry["nearness"])))
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{out} is not a readable Layercake output: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{out} manifest does not describe a stack: {type(exc).__name__}: {exc}"[:300]) from None
+    # A picture's stack has no plan; check_manifest made sure its manifest gives the size instead.
+    size = (plan.width, plan.height) if plan is not None else (manifest["width"], manifest["height"])
+    if size[0] * size[1] > pixel_limit():
+        raise ValueError(f"{out} manifest size is {size[0]}x{size[1]}, more than the image limit "
+                         f"({PIXEL_LIMIT_VAR})")
+    depth_source = manifest.get("depth_source", "scaffold")
+    if depth_source not in DEPTH_SOURCES:
+        raise ValueError(f"{out} manifest depth_source must be one of {', '.join(DEPTH_SOURCES)}, got {depth_source!r}")
+    depths, layers = {}, []
+    for entry in checked.layers:
+        name = entry.name  # one of our own layer names: checked, so paths built from it stay ours
+        rgba = _read_layer_image(entry.image, size, f"{name} layer").convert("RGBA")
+        control = load_depth_png16(_checked_size(entry.depth, size, f"{name} depth map"))
+        prior = np.asarray(_read_layer_image(entry.prior, size, f"{name} prior").convert("L"),
+                           dtype=np.float32) / 255.0
+        depths[name] = LayerDepth(name=name, control=control, prior=prior, nearness=entry.nearness)
+        layers.append(StackLayer(name=name, rgba=rgba, depth=control, nearness=entry.nearness))
     return StackResult(plan=plan, depths=depths, stack=LayerStack(layers), render_info=manifest.get("render", {}),
-                       options=options, depth_source=manifest.get("depth_source", "scaffold"))
+                       options=options, depth_source=depth_source)
+
+
+def _checked_size(path: Path, size: tuple[int, int], what: str) -> Path:
+    """`path` once its header says it is `size` and within the pixel limit (nothing decoded)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                found = img.size
+    except Image.DecompressionBombError:
+        found = None
+    except (OSError, SyntaxError):
+        raise ValueError(f"{what} {path.name} is not a readable image") from None
+    if found is None or found[0] * found[1] > pixel_limit():
+        open_image(path, what=what)  # refuses it, in the words every loader uses
+    if found != size:
+        raise ValueError(f"{what} {path.name} is {found[0]}x{found[1]}; the stack is {size[0]}x{size[1]}")
+    return path
+
+
+def _read_layer_image(path: Path, size: tuple[int, int], what: str) -> Image.Image:
+    return open_image(_checked_size(path, size, what), what=what)

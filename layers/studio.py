@@ -21,8 +21,9 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from . import folders
 from .backends import Backend, resolve_backend
-from .images import MAX_IMAGE_PIXELS, open_image
+from .images import PIXEL_LIMIT_RANGE, open_image, pixel_limit
 from .pipeline import (DEPTH_SOURCES, OUTPUT_NAMES, GenerateOptions, Progress, StackResult, generate, load_result,
                        regenerate_layer, write_outputs)
 from .plan import LAYER_NAMES, ScenePlan, check_prompt, plan_scene
@@ -36,7 +37,6 @@ DRAFT_NOTICE = "Draft mode: procedural layout preview, no model weights loaded."
 
 _RUN_ID = re.compile(r"^(?:example-)?[0-9a-f]{32}$")
 _EXAMPLE_PREFIX = "example-"
-_STAGING_MAX_AGE_S = 3600.0
 _DEPTH_RETRY_S = 600.0
 
 
@@ -46,8 +46,9 @@ class StudioLimits:
 
     max_upload_mb: float = 20.0
     """Largest upload the web server accepts, in MB (0.1..1024). LAYERCAKE_MAX_UPLOAD_MB."""
-    max_upload_pixels: int = MAX_IMAGE_PIXELS
-    """Largest uploaded image, width x height (1..400 000 000). LAYERCAKE_MAX_UPLOAD_PIXELS."""
+    max_upload_pixels: int = field(default_factory=pixel_limit)
+    """Largest uploaded image, width x height (1..178 956 970). LAYERCAKE_MAX_UPLOAD_PIXELS (read by
+    layers.images.pixel_limit, the one limit every image loader uses)."""
     max_runs: int = 200
     """How many result folders are kept; the oldest go first (1..100 000). LAYERCAKE_MAX_RUNS."""
     max_age_hours: float = 24.0
@@ -58,7 +59,7 @@ class StudioLimits:
     def __post_init__(self):
         checks = [
             ("max_upload_mb", self.max_upload_mb, 0.1, 1024),
-            ("max_upload_pixels", self.max_upload_pixels, 1, 400_000_000),
+            ("max_upload_pixels", self.max_upload_pixels, *PIXEL_LIMIT_RANGE),
             ("max_runs", self.max_runs, 1, 100_000),
             ("max_age_hours", self.max_age_hours, 0.01, 8760),
             ("viewer_side", self.viewer_side, 64, 4096),
@@ -80,9 +81,8 @@ class StudioLimits:
         Raises:
             ValueError: a variable is not a number or is out of range.
         """
-        kwargs = {}
+        kwargs = {"max_upload_pixels": pixel_limit(env)}
         for field_name, var, kind in (("max_upload_mb", "LAYERCAKE_MAX_UPLOAD_MB", float),
-                                      ("max_upload_pixels", "LAYERCAKE_MAX_UPLOAD_PIXELS", int),
                                       ("max_runs", "LAYERCAKE_MAX_RUNS", int),
                                       ("max_age_hours", "LAYERCAKE_MAX_AGE_HOURS", float)):
             text = env.get(var, "").strip()
@@ -190,6 +190,9 @@ class Studio:
         self._lock = threading.Lock()
         self._example_locks: dict[str, threading.Lock] = {}
         self._depth_unavailable: Optional[tuple[float, str]] = None
+        removed = folders.clean_stale(self.runs_root)  # a crashed server's half-written folders, right away
+        if removed:
+            log.info("removed %d staging folder(s) left by a stopped server", len(removed))
 
     @classmethod
     def create(cls, backend: str = "auto", *, model: Optional[str] = None, controlnet: Optional[str] = None,
@@ -430,7 +433,7 @@ class Studio:
     def cleanup(self, now: Optional[float] = None) -> list[str]:
         """Remove result folders older than limits.max_age_hours, and the oldest beyond limits.max_runs.
 
-        Cached examples are kept. Half-written staging folders older than an hour are removed too.
+        Cached examples are kept. Staging folders of stopped runs (layers.folders.clean_stale) are removed too.
 
         Args:
             now: the current time (seconds since the epoch); default time.time().
@@ -442,7 +445,7 @@ class Studio:
         max_age = self.limits.max_age_hours * 3600.0
         removed = []
         with self._lock:
-            runs, staging = [], []
+            runs = []
             for entry in os.scandir(self.runs_root):
                 if not entry.is_dir(follow_symlinks=False):
                     continue
@@ -450,17 +453,15 @@ class Studio:
                     mtime = entry.stat(follow_symlinks=False).st_mtime
                 except FileNotFoundError:
                     continue  # removed meanwhile by another process
-                if entry.name.startswith("."):
-                    staging.append((mtime, entry.name))
-                elif _RUN_ID.match(entry.name) and not entry.name.startswith(_EXAMPLE_PREFIX):
+                if _RUN_ID.match(entry.name) and not entry.name.startswith(_EXAMPLE_PREFIX):
                     runs.append((mtime, entry.name))
             runs.sort(reverse=True)  # newest first
             doomed = [name for i, (mtime, name) in enumerate(runs)
                       if i >= self.limits.max_runs or now - mtime > max_age]
-            doomed += [name for mtime, name in staging if now - mtime > _STAGING_MAX_AGE_S]
             for name in doomed:
                 shutil.rmtree(self.runs_root / name, ignore_errors=True)
                 removed.append(name)
+            removed += folders.clean_stale(self.runs_root, now=now)
         if removed:
             log.info("removed %d old result folder(s)", len(removed))
         return removed
@@ -539,6 +540,28 @@ class Studio:
         if not (folder / OUTPUT_NAMES["manifest"]).is_file():
             raise ValueError(f"result {run_id} is no longer available (old results are cleaned up); generate again")
         return folder
+
+
+def trim_memory() -> None:
+    """Hand memory freed by a finished request back to the system (glibc keeps freed heap pages otherwise).
+
+    A stack is a few hundred MB of arrays that are freed when the request ends; without this, a server's resident
+    size stays at its largest request's for good. A no-op where the C library has no malloc_trim.
+    """
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 # --- display images -------------------------------------------------------------------------------------------
@@ -645,4 +668,4 @@ def _overrides(overrides: Optional[Mapping[str, str]]) -> dict[str, str]:
 
 
 __all__ = ["DEPTH_SOURCES", "DRAFT_NOTICE", "Run", "Studio", "StudioLimits", "checkerboard", "colorize_depth",
-           "over_checkerboard"]
+           "over_checkerboard", "trim_memory"]

@@ -429,8 +429,8 @@ def test_old_results_are_cleaned_up_and_the_cached_example_is_kept(tmp_path):
     runs = [folder(uuid.uuid4().hex, age) for age in (10, 20, 30, 40, 50)]
     expired = folder(uuid.uuid4().hex, 2 * 3600)
     example = folder("example-" + "ab" * 16, 30 * 24 * 3600)
-    stale_staging = folder(".abc.tmp", 2 * 3600)
-    fresh_staging = folder(".def.tmp", 5)  # a request writing right now
+    stale_staging = folder(f".{uuid.uuid4().hex}.{os.getpid()}-{'a' * 12}.tmp", 2 * 3600)
+    fresh_staging = folder(f".{uuid.uuid4().hex}.{os.getpid()}-{'d' * 12}.tmp", 5)  # a request writing right now
     other = folder("notes", 9 * 3600)
 
     removed = studio.cleanup(now=now)
@@ -473,3 +473,46 @@ def test_the_readme_gradio_client_example_downloads_the_psd(server, tmp_path):
     for name in ("velvet.psd", "velvet-new-foreground.psd"):
         psd = PSDImage.open(tmp_path / name)
         assert [layer.name for layer in psd if layer.kind != "group"] == ["background", "midground", "foreground"]
+
+
+MALFORMED = {
+    "seed 'abc'": (dict(seed="abc"), "seed 'abc' is not accepted: it must be a number"),
+    "width 'Infinity'": (dict(width="Infinity", height=64), "width 'Infinity' is not accepted: it must be a number"),
+    "width a list": (dict(width=[512, 512], height=64), "width [512, 512] is not accepted: it must be a number"),
+    "steps out of range": (dict(steps=10**9), "Value 1000000000 is greater than maximum value 150"),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_payload_gets_a_one_line_reason_through_gradio_client(client, case):
+    kwargs, reason = MALFORMED[case]
+    message = error_of(lambda: client.predict(prompt="a quiet harbour", **kwargs, api_name="/generate"))
+    assert reason in message and "\n" not in message, message
+
+
+def _raw_call(server, api: str, body: bytes) -> str:
+    """POST /gradio_api/call/<api> as a plain HTTP client, then read the event stream: its last data line."""
+    request = urllib.request.Request(f"{server.url}gradio_api/call/{api}", data=body,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            event_id = json.loads(r.read())["event_id"]
+    except urllib.error.HTTPError as exc:  # refused before the queue: the body says why
+        return f"HTTP {exc.code} {exc.read().decode()}"
+    with urllib.request.urlopen(f"{server.url}gradio_api/call/{api}/{event_id}", timeout=120) as r:
+        stream = r.read().decode()
+    return [line for line in stream.splitlines() if line.startswith("data:")][-1]
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({"data": ["a castle"]}, "17 input values are needed, got 1; missing: seed, width"),
+    ({"data": []}, "missing: prompt, seed"),
+    ({"data": ["a castle", "abc", *[None] * 15]}, "seed 'abc' is not accepted: it must be a number"),
+    ({"data": ["a castle", 0, [1], 64, *[None] * 13]}, "width [1] is not accepted: it must be a number"),
+    ({"data": "a castle"}, "Input should be a valid list"),
+    ([1], "Input should be a valid dictionary"),
+], ids=["one field", "no field", "seed abc", "width list", "data not a list", "body a list"])
+def test_a_malformed_payload_gets_a_reason_over_raw_http_never_null(server, body, reason):
+    answer = _raw_call(server, "generate", json.dumps(body).encode())
+    assert reason in answer, answer
+    assert '"error": null' not in answer and '"error":null' not in answer

@@ -229,7 +229,11 @@ def test_generate_with_a_local_diffusers_model_writes_the_full_set(tmp_path, tin
         assert layer["tokens"] > 2 and layer["chunk_texts"] and layer["truncated_tokens"] == 0, name
 
     before = {rel: sha(out / rel) for rel in files_under(out)}
-    assert main(["regenerate", "--from", str(out), "--layer", "foreground", "--seed", "5"]) == 0
+    # A local model is named again on the command line: a manifest never picks a folder to load from.
+    assert main(["regenerate", "--from", str(out), "--layer", "foreground", "--seed", "5"]) == 2
+    assert "pass --model" in capsys.readouterr().err
+    assert main(["regenerate", "--from", str(out), "--layer", "foreground", "--seed", "5", "--model",
+                 str(tiny_sd15_dir)]) == 0
     after = {rel: sha(out / rel) for rel in files_under(out)}
     assert after["layers/background.png"] == before["layers/background.png"]
     assert after["layers/midground.png"] == before["layers/midground.png"]

@@ -180,3 +180,26 @@ def test_generated_stacks_take_per_pixel_parallax_as_an_option(tmp_path, capsys)
                  "--displacement", "2"]) == 2
     assert "displacement" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda m: m["layers"][1].update(name="../../pwned"), "manifest layers must be background, midground, foreground"),
+    (lambda m: m["layers"][0].update(file="/etc/passwd"), "must be a path inside the folder"),
+    (lambda m: m.update(width="wide"), "'width' must be a whole number"),
+    (lambda m: m.pop("height"), "needs its height as a whole number"),
+    (lambda m: m.update(plan={"layers": []}), "must have no plan"),
+])
+def test_a_tampered_picture_stack_is_refused_in_one_line(decomposed, tmp_path, capsys, change, needle):
+    import shutil
+
+    out = tmp_path / "received"
+    shutil.copytree(decomposed, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    change(manifest)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main(["regenerate", "--from", str(out), "--layer", "background", "--backend", "draft"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], lines
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert not list(tmp_path.parent.rglob("pwned*"))

@@ -27,9 +27,11 @@ def test_a_good_image_is_loaded_and_the_file_closed(folder):
 
 @pytest.mark.parametrize("name, message", [
     ("missing.png", "depth map not found"),
-    ("text.png", "depth map is not an image: text.png"),
-    ("bomb.png", "bomb.png is too large to open safely: 400 MP; the limit is 40 MP"),
-    ("big.png", "big.png is 8000x6000 = 48 MP; the limit is 40 MP"),
+    ("text.png", "depth map text.png is not an image"),
+    ("bomb.png", "depth map bomb.png is too large: 400 MP, more than the limit of 40 MP "
+                 "(set LAYERCAKE_MAX_UPLOAD_PIXELS to change it)"),
+    ("big.png", "depth map big.png is too large: 8000x6000 pixels (48 MP), more than the limit of 40 MP "
+                "(set LAYERCAKE_MAX_UPLOAD_PIXELS to change it)"),
     ("cut.png", "cut.png could not be read"),
 ])
 def test_bad_images_are_refused_with_a_reason(folder, name, message):
@@ -43,6 +45,26 @@ def test_a_folder_is_not_an_image(folder):
         open_image(folder)
 
 
-def test_an_open_image_is_checked_for_size_too():
-    with pytest.raises(ValueError, match="limit is 1 MP"):
-        open_image(Image.new("L", (2000, 1000)), max_pixels=1_000_000)
+def test_bad_images_add_no_warning_lines(folder, recwarn):
+    """Pillow's DecompressionBombWarning (over 89 MP) must not add lines to the one-line refusal."""
+    Image.new("1", (10_000, 9_500)).save(folder / "warn.png")  # 95 MP: Pillow warns, our limit refuses
+    with pytest.raises(ValueError, match="95 MP"):
+        open_image(folder / "warn.png", what="depth map")
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_the_environment_limit_is_the_one_every_loader_uses(folder, monkeypatch):
+    """LAYERCAKE_MAX_UPLOAD_PIXELS raised lets a 48 MP map through every loader; lowered, it refuses 1200 px."""
+    from layers.depth import load_depth_map
+
+    monkeypatch.setenv("LAYERCAKE_MAX_UPLOAD_PIXELS", "60000000")
+    assert load_depth_map(folder / "big.png", size=(64, 48)).shape == (48, 64)
+    assert open_image(folder / "big.png").size == (8000, 6000)
+    monkeypatch.setenv("LAYERCAKE_MAX_UPLOAD_PIXELS", "1000")
+    with pytest.raises(ValueError) as info:
+        load_depth_map(folder / "ok.png")
+    assert str(info.value) == ("depth map ok.png is too large: 40x30 pixels (0.0012 MP), more than the limit of "
+                               "0.001 MP (set LAYERCAKE_MAX_UPLOAD_PIXELS to change it)")
+    monkeypatch.setenv("LAYERCAKE_MAX_UPLOAD_PIXELS", "500000000")
+    with pytest.raises(ValueError, match="LAYERCAKE_MAX_UPLOAD_PIXELS must be a whole number of pixels"):
+        open_image(folder / "ok.png")
