@@ -99,6 +99,8 @@ FAMILY_PIPELINES = {"sd15": "StableDiffusionControlNetPipeline", "sdxl": "Stable
 ISOLATION_PROMPT = "isolated on a plain neutral grey background"
 """Appended to the prompt of every layer but the background: one subject on a flat backdrop, easy to matte."""
 ISOLATION_NEGATIVE = "busy background, scenery, landscape, detailed background"
+ISOLATED_LAYERS = ("midground", "foreground")
+"""The layers rendered as subjects on a plain backdrop; anything else (the background, a plate) as a scene."""
 
 BATCH_MODES = ("auto", "batched", "one_by_one")
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
@@ -274,7 +276,7 @@ def _control_image(control: np.ndarray, width: int, height: int) -> Image.Image:
 
 def _isolated(request: RenderRequest) -> tuple[str, str]:
     """The prompt and negative prompt a layer is rendered with."""
-    if request.name == "background":
+    if request.name not in ISOLATED_LAYERS:  # the background, a whole-scene plate
         return request.prompt, request.negative_prompt
     prompt, negative = request.prompt, request.negative_prompt.strip()
     # The planner frames these layers itself ("isolated on a plain backdrop", "busy backdrop" in the negative);
