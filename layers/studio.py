@@ -25,8 +25,8 @@ from PIL import Image
 
 from .backends import Backend, resolve_backend
 from .images import MAX_IMAGE_PIXELS, open_image
-from .pipeline import (DEPTH_SOURCES, OUTPUT_NAMES, GenerateOptions, Progress, StackResult, generate, load_result,
-                       regenerate_layer, write_outputs)
+from .pipeline import (DEPTH_SOURCES, OUTPUT_NAMES, PLATE_FILES, GenerateOptions, Progress, StackResult, generate,
+                       load_result, regenerate_layer, write_outputs)
 from .plan import LAYER_NAMES, ScenePlan, check_prompt, plan_scene
 
 log = logging.getLogger(__name__)
@@ -557,7 +557,7 @@ def _write_previews(folder: Path, result: StackResult) -> dict[str, Path]:
 
 
 def _files_in(folder: Path, result: StackResult) -> dict[str, Path]:
-    files = {key: folder / name for key, name in OUTPUT_NAMES.items() if (folder / name).is_file()}
+    files = {key: folder / name for key, name in {**OUTPUT_NAMES, **PLATE_FILES}.items() if (folder / name).is_file()}
     for layer in result.stack:
         for sub in ("layers", "depth", "priors"):
             files[f"{sub}/{layer.name}"] = folder / sub / f"{layer.name}.png"

@@ -229,3 +229,36 @@ def test_the_plate_hint_is_the_plans_scaffold_combined_back_to_front(plated):
     empty = (scaffold["foreground"].prior < 0.01) & (scaffold["midground"].prior < 0.01)
     assert np.allclose(hint[empty], scaffold["background"].control[empty], atol=0.01)
     assert dataclasses.is_dataclass(plated.options) and plated.options.plate_hint == 0.3
+
+
+def test_the_cli_composes_from_a_plate_by_default_in_model_mode_and_regenerates_one_layer(
+        tmp_path, tiny_sd15_dir, tiny_depth_anything_dir, capsys):
+    import hashlib
+    import json
+
+    from layers.cli import main
+
+    out = tmp_path / "plate"
+    code = main(["generate", "--prompt", PROMPT, "--backend", "diffusers", "--model", str(tiny_sd15_dir),
+                 "--depth-model", str(tiny_depth_anything_dir), "--matte-model", "closed-form", "--steps", "4",
+                 "--width", str(W), "--height", str(H), "--no-video", "--no-harmonize", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["composition"] == "plate" and (out / "plate.png").is_file()
+    assert manifest["render"]["harmonize"]["strength"] == 0.0 and manifest["options"]["harmonize"] == 0.0
+
+    def digest(rel):
+        return hashlib.sha256((out / rel).read_bytes()).hexdigest()
+
+    before = {n: digest(f"layers/{n}.png") for n in ("background", "midground", "foreground")}
+    assert main(["regenerate", "--from", str(out), "--layer", "background", "--seed", "9"]) == 0
+    after = {n: digest(f"layers/{n}.png") for n in before}
+    assert [after[n] == before[n] for n in before] == [False, True, True]
+    # the scaffold composition is still there on request, and bad values are one line, exit 2
+    assert main(["generate", "--prompt", PROMPT, "--backend", "draft", "--composition", "plate",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "composition 'plate' needs a model backend" in capsys.readouterr().err
+    assert main(["generate", "--prompt", PROMPT, "--backend", "draft", "--layer-denoise", "2",
+                 "--out", str(tmp_path / "y")]) == 2
+    assert "layer_denoise must be in (0, 1], got 2.0" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
