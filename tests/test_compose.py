@@ -262,3 +262,18 @@ def test_the_cli_composes_from_a_plate_by_default_in_model_mode_and_regenerates_
                  "--out", str(tmp_path / "y")]) == 2
     assert "layer_denoise must be in (0, 1], got 2.0" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_a_plate_conditions_a_whole_long_prompt_where_a_layer_is_held_to_its_budget(backend):
+    from layers.backends.base import RenderRequest, RenderSettings
+
+    # ~12 chunks of the tiny tokenizer (one token per letter), like a long example prompt with CLIP's
+    long = ", ".join(f"a carved stone arch number {i} with ivy" for i in range(24))
+    flat = np.zeros((64, 64), np.float32)
+    settings = RenderSettings(width=64, height=64, steps=1, guidance=5.0)
+    seen = {}
+    for name in ("plate", "midground"):
+        request = RenderRequest(name=name, prompt=long, negative_prompt="", control=flat, prior=flat, seed=1)
+        seen[name] = backend.render([request], settings).info["layers"][name]
+    assert seen["plate"]["chunks"] > backend.max_prompt_chunks and seen["plate"]["truncated_tokens"] == 0
+    assert seen["midground"]["chunks"] == backend.max_prompt_chunks and seen["midground"]["truncated_tokens"] > 0

@@ -100,6 +100,10 @@ ISOLATION_PROMPT = "isolated on a plain neutral grey background"
 """Appended to the prompt of every layer but the background: one subject on a flat backdrop, easy to matte."""
 ISOLATION_NEGATIVE = "busy background, scenery, landscape, detailed background"
 ISOLATED_LAYERS = ("midground", "foreground")
+WHOLE_PROMPT_NAMES = ("plate", "composite")
+"""Requests that carry a whole scene's prompt (compose.py's plate and harmonising pass): encoded in full."""
+WHOLE_PROMPT_CHUNKS = 16
+"""How many 77-token chunks a whole-scene prompt may use (~1200 tokens: the longest example prompts take ~12)."""
 """The layers rendered as subjects on a plain backdrop; anything else (the background, a plate) as a scene."""
 
 BATCH_MODES = ("auto", "batched", "one_by_one")
@@ -585,7 +589,8 @@ class DiffusersBackend:
         suffix = len(tok(", " + ISOLATION_PROMPT, add_special_tokens=False, verbose=False).input_ids)
         return body * self.max_prompt_chunks + 2 - suffix
 
-    def _chunk_ids(self, tokenizer, text: str) -> tuple[list[list[int]], list[list[int]], dict]:
+    def _chunk_ids(self, tokenizer, text: str, limit: Optional[int] = None) -> tuple[list[list[int]], list[list[int]],
+                                                                                   dict]:
         """Token ids of `text` in encoder-sized chunks (BOS + up to 75 tokens + EOS + padding), their attention
         masks, and a report of what was encoded."""
         size = tokenizer.model_max_length
@@ -611,8 +616,9 @@ class DiffusersBackend:
             rest = rest[cut:]
         if not pieces:
             pieces = [[]]
-        truncated = sum(len(p) for p in pieces[self.max_prompt_chunks:])
-        pieces = pieces[: self.max_prompt_chunks]
+        limit = limit or self.max_prompt_chunks
+        truncated = sum(len(p) for p in pieces[limit:])
+        pieces = pieces[:limit]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         chunks = [[tokenizer.bos_token_id] + p + [tokenizer.eos_token_id] + [pad] * (body - len(p)) for p in pieces]
         masks = [[1] * (len(p) + 2) + [0] * (body - len(p)) for p in pieces]
@@ -624,8 +630,9 @@ class DiffusersBackend:
         }
         return chunks, masks, report
 
-    def _encode(self, text: str, *, negative: bool = False) -> tuple[_Encoded, dict]:
-        """Encode a prompt chunk by chunk, the way the pipeline encodes one chunk."""
+    def _encode(self, text: str, *, negative: bool = False, limit: Optional[int] = None) -> tuple[_Encoded, dict]:
+        """Encode a prompt chunk by chunk (at most `limit` chunks; default max_prompt_chunks), the way the pipeline
+        encodes one chunk."""
         import torch
 
         pipe = self.pipe
@@ -642,7 +649,7 @@ class DiffusersBackend:
         per_encoder = []
         report = None
         for tokenizer, _ in self._encoders():
-            chunks_ids, masks, rep = self._chunk_ids(tokenizer, text)
+            chunks_ids, masks, rep = self._chunk_ids(tokenizer, text, limit)
             report = report or rep
             per_encoder.append((chunks_ids, masks))
         k = max(len(c) for c, _ in per_encoder)
@@ -784,7 +791,9 @@ class DiffusersBackend:
         its text encoder saw (for the manifest)."""
         encoded, layers_info = [], {}
         for r, (prompt, negative) in zip(requests, texts):
-            pos, pos_report = self._encode(prompt)
+            # A whole scene's prompt (a plate, a harmonising pass) is the user's own text: all of it is conditioned.
+            limit = WHOLE_PROMPT_CHUNKS if r.name in WHOLE_PROMPT_NAMES else None
+            pos, pos_report = self._encode(prompt, limit=limit)
             neg, neg_report = self._encode(negative, negative=True) if cfg else (None, None)
             encoded.append((pos, neg))
             info = {
@@ -799,7 +808,7 @@ class DiffusersBackend:
             for what, rep in (("prompt", pos_report), ("negative prompt", neg_report)):
                 if rep is not None and rep["truncated_tokens"]:
                     logger.warning("layer %s: %d tokens of its %s beyond %d chunks were not conditioned",
-                                   r.name, rep["truncated_tokens"], what, self.max_prompt_chunks)
+                                   r.name, rep["truncated_tokens"], what, limit or self.max_prompt_chunks)
             layers_info[r.name] = info
         return encoded, layers_info
 
