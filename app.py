@@ -224,6 +224,8 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
         how = ("Served from the example cache" if run.cached
                else f"Rendered with the **{md_escape(studio.backend_name)}** backend")
         status = f"{how}: {width} × {height} px in {run.seconds:.1f} s · run `{run.run_id}`"
+        for line in run.result.render_info.get("notices", []):  # a fallback the user should know about
+            status += f"  \n{md_escape(line)}"
         state = state_of(plan, run.run_id)
         return [
             # Plain paths (not component updates), so API clients get files back.

@@ -6,6 +6,7 @@ the pipeline lives here, without gradio, so it can be used and tested on its own
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -134,6 +135,8 @@ class Run:
                 for layer in self.result.stack
             ],
             "timings": {k: round(v, 3) for k, v in self.result.timings.items()},
+            "composition": self.result.render_info.get("composition", "scaffold"),
+            "notices": list(self.result.render_info.get("notices", [])),
         }
 
 
@@ -306,6 +309,8 @@ class Studio:
         elif self._cacheable(prompt, seed, width, options, overrides):
             return self._cached_example(prompt, seed, width, height, options, progress, t0)
 
+        if self.depth_model and options.depth_model is None:  # the studio's estimator also reads the plate's depth
+            options = dataclasses.replace(options, depth_model=self.depth_model)
         run_id = uuid.uuid4().hex
         folder = self.runs_root / run_id
         self.cleanup()

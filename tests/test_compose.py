@@ -277,3 +277,20 @@ def test_a_plate_conditions_a_whole_long_prompt_where_a_layer_is_held_to_its_bud
         seen[name] = backend.render([request], settings).info["layers"][name]
     assert seen["plate"]["chunks"] > backend.max_prompt_chunks and seen["plate"]["truncated_tokens"] == 0
     assert seen["midground"]["chunks"] == backend.max_prompt_chunks and seen["midground"]["truncated_tokens"] > 0
+
+
+def test_the_studio_offers_the_composition_and_shows_the_plate(backend, tiny_depth_anything_dir, tmp_path):
+    import app
+    from layers.studio import Studio
+
+    studio = Studio(backend, output_root=tmp_path / "outputs", depth_model=str(tiny_depth_anything_dir))
+    run = studio.generate(PROMPT, seed=5, width=W, height=H,
+                          options=GenerateOptions(steps=4, matte_model="closed-form", video=False, frames=2))
+    assert run.summary()["composition"] == "plate" and run.files["plate"].is_file()
+    # the new /generate inputs come last with defaults, the plate is the last output
+    demo = app.build_demo(studio)
+    ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
+    assert {"composition", "matte-model", "plate"} <= ids
+    (fn,) = [f for f in demo.fns.values() if getattr(f, "api_name", None) == "generate"]
+    assert [getattr(c, "elem_id", None) for c in fn.inputs[-2:]] == ["composition", "matte-model"]
+    assert getattr(fn.outputs[-1], "elem_id", None) == "plate"
