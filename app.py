@@ -25,6 +25,7 @@ from typing import Optional
 import gradio as gr
 
 from layers.backends import BACKEND_CHOICES
+from layers.compose import CLOSED_FORM, DEFAULT_MATTE_MODEL
 from layers.parallax import CAMERA_PATHS
 from layers.webpage import viewer_markup
 from layers.pipeline import GenerateOptions
@@ -43,6 +44,10 @@ ASSETS = ROOT / "assets"
 SEEDS = ROOT / "seeds"
 ASPECTS = ("auto", "1:1", "2:3", "3:2", "3:4", "4:3", "4:5", "9:16", "16:9")
 _DEFAULTS = GenerateOptions()
+MATTE_CHOICES = [("auto (isnet-general-use with a plate)", "auto"), (DEFAULT_MATTE_MODEL, DEFAULT_MATTE_MODEL),
+                 ("birefnet-general (finer, ~900 MB)", "birefnet-general"), ("u2net", "u2net"),
+                 ("closed-form (offline)", CLOSED_FORM)]
+"""Matte models offered in the studio; rembg weights are fetched on first use (unless HF_HUB_OFFLINE)."""
 VIEWER_AMOUNT = 0.05
 """How far the nearest layer moves in the interactive viewer, as a fraction of the image width."""
 GPU_SECONDS = 180
@@ -238,6 +243,8 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
         how = ("Served from the example cache" if run.cached
                else f"Rendered with the **{md_escape(studio.backend_name)}** backend")
         status = f"{how}: {width} × {height} px in {run.seconds:.1f} s · run `{run.run_id}`"
+        for line in run.result.render_info.get("notices", []):  # a fallback the user should know about
+            status += f"  \n{md_escape(line)}"
         state = state_of(plan, run.run_id)
         return [
             # Plain paths (not component updates), so API clients get files back.
@@ -253,6 +260,7 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
             state,
             str(files["glb"]) if "glb" in files else None,
             str(files["html"]) if "html" in files else None,
+            str(files["plate"]) if "plate" in files else None,
         ]
 
     @user_errors
@@ -276,19 +284,26 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
                  midground_strength: float = _DEFAULTS.strengths[1],
                  foreground_strength: float = _DEFAULTS.strengths[2], depth_source: str = "scaffold",
                  reference_image: Optional[str] = None, depth_map: Optional[str] = None,
-                 parallax: str = _DEFAULTS.parallax, plan_state: Optional[dict] = None, progress=gr.Progress()):
+                 parallax: str = _DEFAULTS.parallax, plan_state: Optional[dict] = None, composition: str = "auto",
+                 matte_model: str = "auto", progress=gr.Progress()):
         """Render a scene prompt into a background / midground / foreground stack.
+
+        composition: "plate" (one whole-scene render cut into layers; model mode), "scaffold", or "auto" (plate
+        with a model, scaffold in draft mode). matte_model: a rembg model name, "closed-form", or "auto".
 
         Returns the PSD, ORA, ZIP and MP4 files first, then the composite, the video, each layer over a
         checkerboard, the depth maps, a JSON summary (with run_id, for /regenerate_layer), a status line, the
-        plan (layer prompts, token counts, seeds), and last stack.glb and parallax.html.
+        plan (layer prompts, token counts, seeds), then stack.glb and parallax.html, and last the plate (None in the
+        scaffold composition).
         """
         options = GenerateOptions(
             steps=_whole(steps, "steps", _DEFAULTS.steps), guidance=_real(guidance, "guidance", _DEFAULTS.guidance),
             strengths=(_real(background_strength, "background_strength", _DEFAULTS.strengths[0]),
                        _real(midground_strength, "midground_strength", _DEFAULTS.strengths[1]),
                        _real(foreground_strength, "foreground_strength", _DEFAULTS.strengths[2])),
-            parallax=parallax or _DEFAULTS.parallax)
+            parallax=parallax or _DEFAULTS.parallax,
+            composition=None if composition in (None, "", "auto") else composition,
+            matte_model=None if matte_model in (None, "", "auto") else matte_model)
         overrides = edited(plan_state, (background_prompt, midground_prompt, foreground_prompt))
         run = studio.generate(prompt, seed=_whole(seed, "seed"), width=_whole(width, "width"),
                               height=_whole(height, "height"), options=options, depth_source=depth_source or "scaffold",
@@ -384,6 +399,15 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
                 depth_file = gr.File(label="Depth map (grayscale, 8 or 16 bit, white = near)",
                                      file_types=["image"], type="filepath", visible=False, height=120)
                 parallax = gr.Radio(list(CAMERA_PATHS), value=_DEFAULTS.parallax, label="Parallax video path")
+                with gr.Row():
+                    composition = gr.Radio(
+                        [("Auto", "auto"), ("Plate: one picture, then layers", "plate"),
+                         ("Scaffold: each layer on its own", "scaffold")],
+                        value="auto", label="Composition", interactive=not studio.is_draft, elem_id="composition",
+                        info="the draft backend composes on the scaffold" if studio.is_draft else
+                        "auto = plate: the layers are cut from one whole-scene render, then harmonised")
+                    matte_model = gr.Dropdown(MATTE_CHOICES, value="auto", label="Matte model",
+                                              elem_id="matte-model", info="rembg weights download on first use")
 
         with gr.Column(scale=7, min_width=400, elem_id="lc-results"):
             viewer = gr.HTML(EMPTY_VIEWER, elem_id="parallax", js_on_load=(ASSETS / "parallax.js").read_text(),
@@ -411,6 +435,10 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
                 with gr.Tab("Video"):
                     video = gr.Video(label="Parallax video", interactive=False, autoplay=True, loop=True,
                                      height=520, elem_id="video")
+                with gr.Tab("Plate"):
+                    plate_view = gr.Image(label="Plate: the whole-scene render the layers were cut from",
+                                          type="filepath", interactive=False, height=520, elem_id="plate",
+                                          buttons=["download", "fullscreen"])
                 with gr.Tab("Depth maps"):
                     depth_gallery = gr.Gallery(label="Depth maps the layers were conditioned on (bright = near)",
                                                columns=3, rows=1, height="auto", object_fit="contain",
@@ -452,9 +480,9 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
 
     plan_view = [*layer_boxes, *layer_tokens, *layer_seeds, plan_summary]
     results = [*downloads, composite, video, *layer_images, depth_gallery, details, status, *plan_view,
-               run_state, plan_state, *scene_downloads]
+               run_state, plan_state, *scene_downloads, plate_view]
     generate_inputs = [prompt, seed, width, height, *layer_boxes, steps, guidance, *strengths, depth_source,
-                       reference, depth_file, parallax, plan_state]
+                       reference, depth_file, parallax, plan_state, composition, matte_model]
     render = dict(outputs=results, concurrency_id="render", concurrency_limit=concurrency,
                   show_progress_on=[viewer, composite])
 

@@ -84,8 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
     depth.add_argument("--reference", type=Path, help="estimate the depth map from this reference image")
     p.add_argument("--thresholds", type=float, nargs=2, metavar=("FAR", "NEAR"),
                    help="nearness splitting a depth map into background|midground|foreground (default 0.35 0.65)")
-    p.add_argument("--depth-model", help="depth estimator for --reference (hub id or local folder)")
-    p.add_argument("--matte-model", help="rembg model name or .onnx under U2NET_HOME (default: offline matting)")
+    p.add_argument("--depth-model", help="depth estimator for --reference and the plate (hub id or local folder)")
+    p.add_argument("--matte-model", help="rembg model name, .onnx under U2NET_HOME, or closed-form (default: "
+                   "isnet-general-use with a plate, fetched on first use; closed-form on the scaffold)")
+    p.add_argument("--composition", choices=("plate", "scaffold"),
+                   help="plate: one whole-scene render cut into layers (default in model mode); scaffold: each "
+                        "layer rendered on the plan's scaffold (draft mode, a depth map or reference)")
+    p.add_argument("--plate-hint", type=float, help="ControlNet strength of the scaffold on the plate (default 0.3)")
+    p.add_argument("--layer-denoise", type=float,
+                   help="how far midground and foreground are re-noised from the plate (default 0.55)")
+    p.add_argument("--no-harmonize", action="store_true", help="plate: skip the harmonising pass over the composite")
     p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
     export_args(p)
     p.add_argument("--displacement", type=float, default=0.0,
@@ -224,6 +232,11 @@ def _options(args, backend):
     if args.matte_model:
         kw["matte_model"] = args.matte_model
     kw["displacement"] = args.displacement
+    for key in ("composition", "plate_hint", "layer_denoise", "depth_model"):
+        if getattr(args, key) is not None:
+            kw[key] = getattr(args, key)
+    if args.no_harmonize:
+        kw["harmonize"] = 0.0
     return GenerateOptions(**kw, **_export_options(args))
 
 
@@ -269,6 +282,8 @@ def _cmd_generate(args) -> int:
         result = generate(prompt, backend, seed=args.seed, width=args.width, height=args.height, options=options,
                           depth_map=depth_map, depth_source=depth_source, overrides=overrides, progress=bar)
         files = write_outputs(result, args.out, progress=bar)
+    for line in result.render_info.get("notices", []):
+        print(line, file=sys.stderr)
     _summary(result, files, time.perf_counter() - t0)
     return 0
 

@@ -22,14 +22,16 @@ import numpy as np
 from PIL import Image
 
 from . import __version__, folders
-from .backends import Backend, RenderRequest, RenderSettings
+from .backends import Backend, ModelUnavailableError, RenderRequest, RenderSettings
+from .compose import (CLOSED_FORM, COMPOSITIONS, DEFAULT_MATTE_MODEL, ComposeSettings, compose_stack, load_estimator,
+                      recompose_layer)
 from .depth import DepthSettings, LayerDepth, build_depth_maps
 from .depthpair import depth_pair_files
 from .export import (export_ora, export_psd, export_zip, load_depth_png16, package_versions, png_encodings_kept,
                      save_depth_png16, save_png)
 from .gltf import GlbSettings, export_glb
 from .images import PIXEL_LIMIT_VAR, open_image, pixel_limit
-from .manifest import read_manifest
+from .manifest import inside, read_manifest
 from .matte import matte_rgba, new_matte_session
 from .parallax import CAMERA_PATHS, iter_parallax_frames, write_video
 from .plan import LAYER_NAMES, ScenePlan, plan_scene, with_layer
@@ -70,7 +72,8 @@ class GenerateOptions:
     thresholds: tuple[float, float] = (0.35, 0.65)
     """Nearness thresholds splitting a given depth map into background | midground | foreground."""
     matte_model: Optional[str] = None
-    """rembg model name, or an .onnx file under U2NET_HOME; None mattes offline from the depth prior."""
+    """rembg model name, an .onnx file under U2NET_HOME, or "closed-form" (offline, from the layer's prior);
+    None: closed-form in the scaffold composition, DEFAULT_MATTE_MODEL (downloaded on first use) with a plate."""
     video: bool = True
     """Write parallax.mp4."""
     formats: tuple[str, ...] = EXPORT_FORMATS
@@ -80,6 +83,17 @@ class GenerateOptions:
     displacement: float = 0.0
     """Parallax video: 0 = each layer a flat card, 1 = each pixel moves by its own depth (default for a stack
     decomposed from a picture, whose layers carry their completed depth)."""
+    composition: Optional[str] = None
+    """"plate" (one whole-scene render cut into layers) or "scaffold" (three renders on the plan's scaffold);
+    None: plate with a model backend, scaffold in draft mode or with a given depth map."""
+    plate_hint: float = 0.3
+    """Plate composition: ControlNet strength of the plan's scaffold depth on the plate, 0..2."""
+    layer_denoise: float = 0.55
+    """Plate composition: how far the midground and foreground are re-noised from the plate, (0, 1]."""
+    harmonize: float = 0.25
+    """Plate composition: denoise of the harmonising pass over the composite, 0..1 (0 = off)."""
+    depth_model: Optional[str] = None
+    """Plate composition: depth estimator of the plate (hub id or folder); None = the default Depth Anything."""
 
     def __post_init__(self):
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
@@ -108,6 +122,14 @@ class GenerateOptions:
         if not 0.0 < lo < hi < 1.0:
             raise ValueError(f"thresholds must be two values with 0 < near-far split < 1 in increasing order, "
                              f"got {self.thresholds}")
+        if self.composition is not None and self.composition not in COMPOSITIONS:
+            raise ValueError(f"unknown composition {self.composition!r}; choose one of {', '.join(COMPOSITIONS)}")
+        self.compose_settings()  # range checks of plate_hint, layer_denoise, harmonize
+
+    def compose_settings(self) -> ComposeSettings:
+        """The plate composition's settings."""
+        return ComposeSettings(plate_hint=float(self.plate_hint), layer_denoise=float(self.layer_denoise),
+                               harmonize=float(self.harmonize))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -132,6 +154,10 @@ class StackResult:
     options: GenerateOptions
     depth_source: str = "scaffold"
     timings: dict[str, float] = field(default_factory=dict)
+    plate: Optional[Image.Image] = None
+    """Plate composition: the whole-scene render the layers were cut from (plate.png)."""
+    plate_depth: Optional[np.ndarray] = None
+    """Plate composition: the estimator's depth of the plate, float32 (H, W), 1 = near (depth/plate.png)."""
 
 
 def generate(prompt: str, backend: Backend, *, seed: int = 0, width: Optional[int] = None,
@@ -187,6 +213,14 @@ def build_stack(plan: ScenePlan, backend: Backend, *, options: GenerateOptions =
     if source not in DEPTH_SOURCES:
         raise ValueError(f"unknown depth source {source!r}; choose one of {', '.join(DEPTH_SOURCES)}")
     timings: dict[str, float] = {}
+    composition, notices = _composition(options, backend, depth_map), []
+    if composition == "plate":
+        try:
+            estimator = load_estimator(options.depth_model or _default_depth_model())
+        except (ModelUnavailableError, ImportError, OSError) as exc:
+            notices.append(f"Scaffold composition: the plate's depth cannot be estimated ({exc})")
+        else:
+            return _build_plate_stack(plan, backend, estimator, options, report)
 
     t = time.perf_counter()
     report(0.0, "building depth maps")
@@ -206,8 +240,67 @@ def build_stack(plan: ScenePlan, backend: Backend, *, options: GenerateOptions =
               for name, image in zip(LAYER_NAMES, rendered.images)]
     timings["matte"] = time.perf_counter() - t
     report(_MATTE_SPAN[1], "stack ready")
-    return StackResult(plan=plan, depths=depths, stack=LayerStack(layers), render_info=dict(rendered.info),
+    info = dict(rendered.info, composition="scaffold")
+    if notices:
+        info["notices"] = notices
+    return StackResult(plan=plan, depths=depths, stack=LayerStack(layers), render_info=info,
                        options=options, depth_source=source, timings=timings)
+
+
+def _composition(options: GenerateOptions, backend: Backend, depth_map) -> str:
+    can_repaint = callable(getattr(backend, "repaint", None))
+    if options.composition is None:
+        return "plate" if can_repaint and depth_map is None else "scaffold"
+    if options.composition == "plate" and not can_repaint:
+        raise ValueError(f"composition 'plate' needs a model backend (diffusers); the "
+                         f"{getattr(backend, 'name', 'given')} backend composes on the scaffold")
+    if options.composition == "plate" and depth_map is not None:
+        raise ValueError("composition 'plate' estimates depth from its own plate; a given depth map or reference "
+                         "image needs composition 'scaffold'")
+    return options.composition
+
+
+def _default_depth_model() -> str:
+    from .estimate import DEFAULT_DEPTH_MODEL
+
+    return DEFAULT_DEPTH_MODEL
+
+
+@functools.lru_cache(maxsize=4)
+def _model_matte_session(model: str, allow_download: bool):
+    return new_matte_session(model, allow_download=allow_download)
+
+
+def _plate_matting(options: GenerateOptions) -> tuple[object, str, Optional[str]]:
+    """(rembg session or None, the matte model used, a notice when it fell back to closed-form matting)."""
+    from .backends.diffusers import hub_offline
+
+    model = options.matte_model or DEFAULT_MATTE_MODEL
+    if model == CLOSED_FORM:
+        return None, model, None
+    try:
+        return _model_matte_session(model, not hub_offline()), model, None
+    except (ValueError, OSError) as exc:
+        return None, CLOSED_FORM, f"Closed-form matting: rembg model {model!r} unavailable ({exc})"
+
+
+def _build_plate_stack(plan: ScenePlan, backend: Backend, estimator, options: GenerateOptions,
+                       report: Progress) -> StackResult:
+    t = time.perf_counter()
+    scaffold = build_depth_maps(plan, settings=DepthSettings(thresholds=options.thresholds, source="scaffold"))
+    session, matte_model, notice = _plate_matting(options)
+    timings = {"depth": time.perf_counter() - t}
+    composed = compose_stack(plan, backend, scaffold, estimator, steps=options.steps, guidance=options.guidance,
+                             strengths=options.strengths, settings=options.compose_settings(), session=session,
+                             progress=report)
+    timings.update(composed.timings)
+    info = dict(composed.info, matte_model=matte_model,
+                estimator=options.depth_model or _default_depth_model())
+    if notice:
+        info["notices"] = [notice]
+    report(_MATTE_SPAN[1], "stack ready")
+    return StackResult(plan=plan, depths=composed.depths, stack=composed.stack, render_info=info, options=options,
+                       depth_source="plate", timings=timings, plate=composed.plate, plate_depth=composed.plate_depth)
 
 
 def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed: Optional[int] = None,
@@ -236,6 +329,8 @@ def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed:
     plan = with_layer(result.plan, layer, prompt=prompt, seed=seed, count_tokens=getattr(backend, "count_tokens", None))
     depth = result.depths[layer]
     t = time.perf_counter()
+    if result.render_info.get("composition") == "plate" and result.plate is not None:
+        return _regenerate_plate_layer(result, plan, layer, backend, report)
     rendered = backend.render([_request(plan, layer, depth, result.options)], _render_settings(plan, result.options),
                               progress=_render_progress(report))
     new_layer = _matte(layer, rendered.images[0], depth, result.options, report)
@@ -309,6 +404,27 @@ def _repaint_decomposed(result: StackResult, layer: str, backend: Backend, *, se
                        timings={"regenerate": time.perf_counter() - t})
 
 
+def _regenerate_plate_layer(result: StackResult, plan: ScenePlan, layer: str, backend: Backend,
+                            report: Progress) -> StackResult:
+    t = time.perf_counter()
+    options = result.options
+    session, _, _ = _plate_matting(options) if result.render_info.get("matte_model") != CLOSED_FORM \
+        else (None, None, None)
+    new_layer, depth, facts = recompose_layer(
+        plan, backend, result.plate, result.plate_depth, result.render_info["decompose"]["thresholds"],
+        result.stack, layer, steps=options.steps, guidance=options.guidance,
+        strength=options.strengths[LAYER_NAMES.index(layer)], settings=options.compose_settings(), session=session,
+        progress=report)
+    info = dict(result.render_info)
+    info["regenerated"] = list(info.get("regenerated", [])) + [
+        dict(facts, prompt=plan.layer(layer).prompt, backend=getattr(backend, "name", None))]
+    report(_MATTE_SPAN[1], f"{layer} regenerated")
+    return StackResult(plan=plan, depths=dict(result.depths, **{layer: depth}), stack=result.stack.replace(new_layer),
+                       render_info=info, options=options, depth_source=result.depth_source,
+                       timings={"regenerate": time.perf_counter() - t}, plate=result.plate,
+                       plate_depth=result.plate_depth)
+
+
 def _request(plan: ScenePlan, name: str, depth: LayerDepth, options: GenerateOptions) -> RenderRequest:
     lp = plan.layer(name)
     return RenderRequest(name=name, prompt=lp.prompt, negative_prompt=lp.negative_prompt, control=depth.control,
@@ -343,7 +459,7 @@ def _matte(name: str, image: Image.Image, depth: LayerDepth, options: GenerateOp
         rgba = image.convert("RGBA")  # the background is opaque and complete
     else:
         report(_MATTE_SPAN[0] + (_MATTE_SPAN[1] - _MATTE_SPAN[0]) * LAYER_NAMES.index(name) / 3, f"matting {name}")
-        session = _matte_session(options.matte_model) if options.matte_model else None
+        session = _matte_session(options.matte_model) if options.matte_model not in (None, CLOSED_FORM) else None
         rgba = matte_rgba(image, depth.prior, session=session)
     return StackLayer(name=name, rgba=rgba, depth=depth.control, nearness=float(depth.nearness))
 
@@ -360,8 +476,12 @@ OUTPUT_NAMES = {
     "html": "parallax.html",
     "manifest": "manifest.json",
 }
-_OURS = frozenset({*OUTPUT_NAMES.values(), "layers", "depth", "priors", "preview"})
+_OURS = frozenset({*OUTPUT_NAMES.values(), "plate.png", "layers", "depth", "priors", "preview"})
 """Entries of an output folder that a new run writes (or the studio adds); anything else was put there by a user."""
+
+
+PLATE_FILES = {"plate": "plate.png", "plate_depth": "depth/plate.png"}
+"""Written beside the layers when the stack was cut from a plate."""
 
 
 def build_manifest(result: StackResult) -> dict:
@@ -383,6 +503,8 @@ def build_manifest(result: StackResult) -> dict:
         "models": {k: v for k, v in result.render_info.items() if k in ("model", "controlnet", "family", "preset")},
         "render": result.render_info,
         "depth_source": result.depth_source,
+        "composition": result.render_info.get("composition", "scaffold"),
+        "notices": list(result.render_info.get("notices", [])),
         "options": result.options.to_dict(),
         "plan": plan.to_dict() if plan is not None else None,
         "thresholds": split.get("thresholds", list(result.options.thresholds)),
@@ -401,7 +523,7 @@ def build_manifest(result: StackResult) -> dict:
             }
             for layer in result.stack
         ],
-        "files": dict(OUTPUT_NAMES),
+        "files": dict(OUTPUT_NAMES, **(PLATE_FILES if result.plate is not None else {})),
         "versions": package_versions(),
         "timings": {k: round(v, 4) for k, v in result.timings.items()},
     }
@@ -480,6 +602,10 @@ def _write_all(result: StackResult, root: Path, report: Progress) -> dict[str, s
     composite = stack.composite()
     save_png(composite, root / OUTPUT_NAMES["composite"])
     files["composite"] = OUTPUT_NAMES["composite"]
+    if result.plate is not None:
+        save_png(result.plate, root / PLATE_FILES["plate"])
+        save_depth_png16(result.plate_depth, root / PLATE_FILES["plate_depth"])
+        files.update(PLATE_FILES)
     timings = {"pngs": time.perf_counter() - t}
 
     manifest = build_manifest(result)
@@ -559,8 +685,14 @@ def load_result(out_dir) -> StackResult:
                            dtype=np.float32) / 255.0
         depths[name] = LayerDepth(name=name, control=control, prior=prior, nearness=entry.nearness)
         layers.append(StackLayer(name=name, rgba=rgba, depth=control, nearness=entry.nearness))
+    plate = plate_depth = None
+    if (out / PLATE_FILES["plate"]).exists():  # a stack cut from a plate; our own names, checked like the layers
+        base = out.resolve()
+        plate = _read_layer_image(inside(base, PLATE_FILES["plate"], "plate"), size, "plate").convert("RGB")
+        plate_depth = load_depth_png16(_checked_size(inside(base, PLATE_FILES["plate_depth"], "plate depth"), size,
+                                                     "plate depth map"))
     return StackResult(plan=plan, depths=depths, stack=LayerStack(layers), render_info=manifest.get("render", {}),
-                       options=options, depth_source=depth_source)
+                       options=options, depth_source=depth_source, plate=plate, plate_depth=plate_depth)
 
 
 def _checked_size(path: Path, size: tuple[int, int], what: str) -> Path:

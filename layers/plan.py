@@ -107,6 +107,8 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
+from . import plan_words
+
 LAYER_NAMES: tuple[str, ...] = ("background", "midground", "foreground")
 """Layer names, back to front. One spelling everywhere."""
 
@@ -743,6 +745,10 @@ _CUE_SPECS: list[tuple[str, str, bool]] = [
     (r"\bon\s+the\s+(?:far\s+|distant\s+)?horizon\b", "background", True),
     (r"\b(?:much\s+|far\s+)?(?:further|farther)\s+back\b", "background", True),
     (r"\bas\s+(?:a|the)\s+backdrop\b", "background", True),
+    # A leading "Far beyond the gate," says where the rest is and is not itself something to draw.
+    # (The phrase is cut at its comma already: up to four words after the preposition and nothing else.)
+    (rf"^\W*(?:(?:{'|'.join(plan_words.LOCATIVE_ADVERBS)})\s+)?(?:{'|'.join(plan_words.LOCATIVE_LEADS)})"
+     rf"(?:\s+[\w'’-]+){{1,4}}(?=\s*(?:,|$))", "background", True),
     # A bare layer word ("sharp foreground texture", "foreground:") places the phrase but stays in it,
     # except when it is followed by a colon or dash (a label).
     (rf"\b{_LAYER_WORD['foreground']}\b", "foreground", False),
@@ -803,12 +809,20 @@ _COLOR_FIND_RE = re.compile(rf"(?<!\w)(?:at\s+|past\s+|after\s+|before\s+|until\
 _LIGHT_ADJ = (r"(?:warm|cool|cold|hot|soft|hard|harsh|bold|deep|bright|pale|dim|saturated|muted|electric|neon|glowing|"
               r"radiant|rich|vivid|vibrant|subtle|faint|strong|dramatic|sunrise|sunset|dawn|dusk|moonlit|icy|fiery)")
 _COLORISH = rf"(?:(?:{_LIGHT_ADJ})[\s-]+){{0,2}}(?:{_COLOR_RE_TEXT})|{_LIGHT_ADJ}"
+_COLOR_PAIR = rf"(?:{_COLORISH})(?:\s*(?:,|and|&)\s*(?:{_COLORISH}))*"
+"""One colour, or a run of them ("neon cyan and rust"): a grade or palette keeps all of its colours."""
+_ATMOSPHERE_PREP = rf"(?:{'|'.join(plan_words.ATMOSPHERE_PREPOSITIONS)})\s+(?:the\s+)?"
+_ATMOSPHERE = (rf"(?:{_ATMOSPHERE_PREP})?(?:(?:{'|'.join(plan_words.ATMOSPHERE_ADJECTIVES)})[\s-]+){{0,2}}"
+               rf"(?:{'|'.join(plan_words.ATMOSPHERE_NOUNS)})\b")
+_ATMOSPHERE_PREP_RE = re.compile(rf"^{_ATMOSPHERE_PREP}", re.IGNORECASE)
 _STYLE_SPECS: list[tuple[str, int]] = [
     # lighting (0)
     (rf"(?:(?:{_LIGHT_ADJ}|{_COLOR_RE_TEXT})[\s-]+){{0,3}}rim[\s-]?(?:light(?:ing|s)?|lit)\b", 0),
     (rf"(?:(?:{_LIGHT_ADJ}|{_COLOR_RE_TEXT})[\s-]+){{0,2}}(?:back[\s-]?lit|back[\s-]?light(?:ing)?|top[\s-]?lit|"
      rf"side[\s-]?lit|under[\s-]?lit)\b", 0),
     (r"(?:(?:high|low)[\s-]contrast\s+|dramatic\s+|soft\s+|deep\s+)?chiaroscuro\b", 0),
+    # light and air the whole scene shares: "under moonlight", "soft fog"
+    (_ATMOSPHERE, 0),
     (r"volumetric\s+(?:light(?:ing)?|fog|rays|haze|god\s+rays)\b", 0),
     (r"god[\s-]?rays\b", 0),
     (r"lens\s+flares?\b", 0),
@@ -820,8 +834,8 @@ _STYLE_SPECS: list[tuple[str, int]] = [
     (r"(?:high|low)[\s-]contrast\b", 0),
     (r"(?:low|high)[\s-]key\b", 0),
     # colour grade and palette (1)
-    (rf"(?:(?:{_COLORISH}|teal\s+and\s+orange|cinematic|filmic|film|warm|cool)[\s-]+)?colou?r[\s-]?grad(?:e|ed|ing)\b", 1),
-    (rf"(?:(?:{_COLORISH}|pastel|earthy|monochrome|monochromatic|limited|jewel[\s-]toned?)\s+)?(?:colou?r\s+)?palette\b", 1),
+    (rf"(?:(?:{_COLOR_PAIR}|teal\s+and\s+orange|cinematic|filmic|film|warm|cool)[\s-]+)?colou?r[\s-]?grad(?:e|ed|ing)\b", 1),
+    (rf"(?:(?:{_COLOR_PAIR}|pastel|earthy|monochrome|monochromatic|limited|jewel[\s-]toned?)\s+)?(?:colou?r\s+)?palette\b", 1),
     (r"teal\s+and\s+orange\b", 1),
     (r"(?:de)?saturated\s+colou?rs?\b", 1),
     (r"film\s+grain\b", 1),
@@ -874,7 +888,7 @@ _STYLE_HINT_RE = re.compile(
     r"illustrat|painting|watercolo|gouache|art\b|\dk\b|mm\b|film|photo|real|render|engine|anime|manga|comic|"
     r"engrav|etching|lithograph|woodcut|linocut|drawing|sketch|nouveau|ukiyo|surreal|masterpiece|quality|detail|"
     r"uhd|hdr|focus|fidelity|resolution|award|artstation|cinematic|composition|glow|highlight|tone|hue|shadow|"
-    r"gleam", re.IGNORECASE)
+    rf"gleam|{'|'.join(plan_words.ATMOSPHERE_NOUNS)}", re.IGNORECASE)
 
 _LIGHT_FROM_RE = re.compile(
     r"\b(?:light|lit|lighting|illuminated|sunlight|sun|moonlight|glow|rays?|beams?|lamp(?:light)?|spotlight|"
@@ -1308,13 +1322,17 @@ def _split_phrases(segments: list[_Segment]) -> list[_Phrase]:
             if not sent.strip(_EDGE_PUNCT):
                 continue
             sentence += 1
+            section = seg.section
+            label = _LABEL_RE.match(sent)
+            if label:  # "Lighting: soft fog" in the middle of a line labels its own sentence
+                section, sent = _label_layer(label.group("label")), label.group("rest")
             for clause in _split_at(sent, _sentence_cut, ";"):
                 if not clause.strip(_EDGE_PUNCT):
                     continue
                 clause_no += 1
                 for part in _split_at(clause, _phrase_cut, _PHRASE_CHARS):
                     for piece in _comma_pieces(part):
-                        _add_phrase(phrases, piece, sentence, clause_no, seg.section)
+                        _add_phrase(phrases, piece, sentence, clause_no, section)
     return phrases
 
 
@@ -1392,9 +1410,10 @@ def _extract_style(phrases: list[_Phrase]) -> tuple[list[tuple[int, int, str]], 
             for s, e, _ in reversed(spans):
                 rest = rest[:s] + " " + rest[e:]
             rest = _clean(rest)
-            if rest and _is_glue(rest):
-                # "rim light cutting through cool blue shadow": the words around the style terms belong to
-                # them, so the whole phrase is one term and nothing is lost.
+            if rest and (_is_glue(rest) or (spans[0][0] == 0 and rest.split()[0].lower() in
+                                            plan_words.TRAILING_PLACE_PREPOSITIONS)):
+                # "rim light cutting through cool blue shadow", "mist over the pines": the words around the
+                # style terms belong to them, so the whole phrase is one term and nothing is lost.
                 spans, rest = [(0, len(text), spans[0][2])], ""
             for s, e, cat in spans:
                 terms.append((cat, order, re.sub(r"\s+", " ", text[s:e]).strip().lower()))
@@ -1411,7 +1430,7 @@ def _style_terms(found: list[tuple[int, int, str]]) -> list[str]:
     texts: list[str] = []
     for _, _, t in sorted(found):
         t = t.replace(",", " ").strip(_EDGE_PUNCT)
-        t = re.sub(r"\s+", " ", t)
+        t = _ATMOSPHERE_PREP_RE.sub("", re.sub(r"\s+", " ", t))
         if t and t not in texts:
             texts.append(t)
     out = []
@@ -1604,11 +1623,16 @@ def _placeholder(name: str, full_text: str, figures: int) -> str:
     if name == "midground":
         return "a figure" if figures == 1 else f"{['two', 'three', 'four'][figures - 2]} figures"
     found: list[str] = []
+    previous = ""
     for m in _WORD_RE.finditer(full_text):
         w = m.group().lower()
         if any(layer == name and weight >= 1.0 for layer, weight in _lookup(w)) and w != name:
-            if _stem(w) not in (_stem(f) for f in found):
-                found.append(w)
+            if _stem(w) not in (_stem(f.split()[-1]) for f in found):
+                # "a snowy valley": the word before a setting noun says what kind it is, unless it is a noun of
+                # another layer or a function word
+                qualified = previous and previous not in _STOPWORDS and not _lookup(previous)
+                found.append(f"{previous} {w}" if qualified else w)
+        previous = w
         if len(found) == 3:
             break
     if name == "background":
@@ -1715,16 +1739,36 @@ def _ordered(reference: list[str], subset: list[str]) -> list[str]:
 # Planning
 
 
+def _tidy(text: str) -> str:
+    """A phrase that reads as a prompt: no leading conjunction or label, no trailing preposition, article or
+    conjunction left where cue words and style terms were cut out."""
+    prev = None
+    while prev != text:
+        prev = text
+        text = _clean(_LABEL_LEFTOVER_RE.sub("", text))
+        words = text.split()
+        while words and words[-1].lower().strip(_EDGE_PUNCT) in plan_words.DANGLING_END_WORDS:
+            words.pop()
+        while words and words[0].lower().strip(_EDGE_PUNCT) in plan_words.DANGLING_START_WORDS:
+            words.pop(0)
+        text = _clean(" ".join(words))
+    return text
+
+
+_LABEL_LEFTOVER_RE = re.compile(rf"(?:^|(?<=,))\s*(?:{_STYLE_LABEL}|fore[\s-]?ground|back[\s-]?ground|mid[\s-]?ground)"
+                                rf"\s*(?:[:—–]|$)", re.IGNORECASE)
+
+
 def _candidates(phrases: list[_Phrase], name: str) -> list[str]:
     mine = [ph for ph in phrases if ph.layer == name]
     mine.sort(key=lambda ph: (ph.tier, -round(ph.relevance, 6), ph.index))
     out: list[str] = []
     seen: set[str] = set()
     for ph in mine:
-        key = ph.text.lower()
-        if key not in seen:
-            seen.add(key)
-            out.append(ph.text)
+        text = _tidy(ph.text)
+        if text and text.lower() not in seen:
+            seen.add(text.lower())
+            out.append(text)
     return out
 
 

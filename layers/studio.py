@@ -5,6 +5,7 @@ the pipeline lives here, without gradio, so it can be used and tested on its own
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -24,8 +25,8 @@ from PIL import Image
 from . import folders
 from .backends import Backend, resolve_backend
 from .images import PIXEL_LIMIT_RANGE, open_image, pixel_limit
-from .pipeline import (DEPTH_SOURCES, OUTPUT_NAMES, GenerateOptions, Progress, StackResult, generate, load_result,
-                       regenerate_layer, write_outputs)
+from .pipeline import (DEPTH_SOURCES, OUTPUT_NAMES, PLATE_FILES, GenerateOptions, Progress, StackResult, generate,
+                       load_result, regenerate_layer, write_outputs)
 from .plan import LAYER_NAMES, ScenePlan, check_prompt, plan_scene
 from .webpage import viewer_layers
 
@@ -143,6 +144,8 @@ class Run:
                 for layer in self.result.stack
             ],
             "timings": {k: round(v, 3) for k, v in self.result.timings.items()},
+            "composition": self.result.render_info.get("composition", "scaffold"),
+            "notices": list(self.result.render_info.get("notices", [])),
         }
 
 
@@ -318,6 +321,8 @@ class Studio:
         elif self._cacheable(prompt, seed, width, options, overrides):
             return self._cached_example(prompt, seed, width, height, options, progress, t0)
 
+        if self.depth_model and options.depth_model is None:  # the studio's estimator also reads the plate's depth
+            options = dataclasses.replace(options, depth_model=self.depth_model)
         run_id = uuid.uuid4().hex
         folder = self.runs_root / run_id
         self.cleanup()
@@ -626,7 +631,7 @@ def _write_previews(folder: Path, result: StackResult) -> dict[str, Path]:
 
 
 def _files_in(folder: Path, result: StackResult) -> dict[str, Path]:
-    files = {key: folder / name for key, name in OUTPUT_NAMES.items() if (folder / name).is_file()}
+    files = {key: folder / name for key, name in {**OUTPUT_NAMES, **PLATE_FILES}.items() if (folder / name).is_file()}
     for layer in result.stack:
         for sub in ("layers", "depth", "priors"):
             files[f"{sub}/{layer.name}"] = folder / sub / f"{layer.name}.png"

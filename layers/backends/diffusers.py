@@ -18,9 +18,14 @@ Three things the stock pipeline call does not do, and how this module does them:
   exactly as the pipeline would encode it. What each layer's text encoder saw goes into RenderResult.info.
 - Isolated subjects: every layer but the background is prompted as a subject on a plain backdrop, which
   the matting step separates cleanly.
+
+`repaint` starts from pixels that exist (inpaint under a mask, img2img without one) through diffusers' ControlNet
+img2img / inpaint pipelines, made with `from_pipe` from the loaded pipeline: the same modules, never a second
+copy of the weights; the same long-prompt encoding, per-item strength and memory fallbacks as `render`.
 """
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -34,7 +39,8 @@ from PIL import Image
 
 from ..images import check_unit_map
 from ..models import ModelSource, hub_offline, load_pretrained, parse_model_source
-from .base import ModelUnavailableError, ProgressCallback, RenderRequest, RenderResult, RenderSettings
+from .base import (ModelUnavailableError, ProgressCallback, RenderRequest, RenderResult, RenderSettings,
+                   RepaintRequest)
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +97,12 @@ FAMILY_PIPELINES = {"sd15": "StableDiffusionControlNetPipeline", "sdxl": "Stable
 ISOLATION_PROMPT = "isolated on a plain neutral grey background"
 """Appended to the prompt of every layer but the background: one subject on a flat backdrop, easy to matte."""
 ISOLATION_NEGATIVE = "busy background, scenery, landscape, detailed background"
+ISOLATED_LAYERS = ("midground", "foreground")
+WHOLE_PROMPT_NAMES = ("plate", "composite")
+"""Requests that carry a whole scene's prompt (compose.py's plate and harmonising pass): encoded in full."""
+WHOLE_PROMPT_CHUNKS = 16
+"""How many 77-token chunks a whole-scene prompt may use (~1200 tokens: the longest example prompts take ~12)."""
+"""The layers rendered as subjects on a plain backdrop; anything else (the background, a plate) as a scene."""
 
 BATCH_MODES = ("auto", "batched", "one_by_one")
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
@@ -159,7 +171,7 @@ def _control_image(control: np.ndarray, width: int, height: int) -> Image.Image:
 
 def _isolated(request: RenderRequest) -> tuple[str, str]:
     """The prompt and negative prompt a layer is rendered with."""
-    if request.name == "background":
+    if request.name not in ISOLATED_LAYERS:  # the background, a whole-scene plate
         return request.prompt, request.negative_prompt
     prompt, negative = request.prompt, request.negative_prompt.strip()
     # The planner frames these layers itself ("isolated on a plain backdrop", "busy backdrop" in the negative);
@@ -358,6 +370,7 @@ class DiffusersBackend:
         self._empty: Optional[_Encoded] = None
         self._commas: dict[int, set] = {}
         self._pipeline_seconds = 0.0
+        self._repaint_pipes: dict[str, Any] = {}
         pipe.set_progress_bar_config(disable=True)
         if offload is None:
             placement = "as given"
@@ -467,7 +480,8 @@ class DiffusersBackend:
         suffix = len(tok(", " + ISOLATION_PROMPT, add_special_tokens=False, verbose=False).input_ids)
         return body * self.max_prompt_chunks + 2 - suffix
 
-    def _chunk_ids(self, tokenizer, text: str) -> tuple[list[list[int]], list[list[int]], dict]:
+    def _chunk_ids(self, tokenizer, text: str, limit: Optional[int] = None) -> tuple[list[list[int]], list[list[int]],
+                                                                                   dict]:
         """Token ids of `text` in encoder-sized chunks (BOS + up to 75 tokens + EOS + padding), their attention
         masks, and a report of what was encoded."""
         size = tokenizer.model_max_length
@@ -493,8 +507,9 @@ class DiffusersBackend:
             rest = rest[cut:]
         if not pieces:
             pieces = [[]]
-        truncated = sum(len(p) for p in pieces[self.max_prompt_chunks:])
-        pieces = pieces[: self.max_prompt_chunks]
+        limit = limit or self.max_prompt_chunks
+        truncated = sum(len(p) for p in pieces[limit:])
+        pieces = pieces[:limit]
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         chunks = [[tokenizer.bos_token_id] + p + [tokenizer.eos_token_id] + [pad] * (body - len(p)) for p in pieces]
         masks = [[1] * (len(p) + 2) + [0] * (body - len(p)) for p in pieces]
@@ -506,8 +521,9 @@ class DiffusersBackend:
         }
         return chunks, masks, report
 
-    def _encode(self, text: str, *, negative: bool = False) -> tuple[_Encoded, dict]:
-        """Encode a prompt chunk by chunk, the way the pipeline encodes one chunk."""
+    def _encode(self, text: str, *, negative: bool = False, limit: Optional[int] = None) -> tuple[_Encoded, dict]:
+        """Encode a prompt chunk by chunk (at most `limit` chunks; default max_prompt_chunks), the way the pipeline
+        encodes one chunk."""
         import torch
 
         pipe = self.pipe
@@ -524,7 +540,7 @@ class DiffusersBackend:
         per_encoder = []
         report = None
         for tokenizer, _ in self._encoders():
-            chunks_ids, masks, rep = self._chunk_ids(tokenizer, text)
+            chunks_ids, masks, rep = self._chunk_ids(tokenizer, text, limit)
             report = report or rep
             per_encoder.append((chunks_ids, masks))
         k = max(len(c) for c, _ in per_encoder)
@@ -604,6 +620,10 @@ class DiffusersBackend:
                 raise ValueError(f"layer {r.name!r}: prompt and negative_prompt must be strings")
         if len(set(names)) != len(names):
             raise ValueError(f"layer names must be unique, got {names}")
+        DiffusersBackend._check_settings(settings)
+
+    @staticmethod
+    def _check_settings(settings: RenderSettings):
         w, h = settings.width, settings.height
         if not (isinstance(w, int) and isinstance(h, int) and w >= 64 and h >= 64 and w % 8 == 0 and h % 8 == 0):
             raise ValueError(f"width and height must be multiples of 8, at least 64, got {w}x{h}")
@@ -639,10 +659,32 @@ class DiffusersBackend:
                 progress: Optional[ProgressCallback]) -> RenderResult:
         start = time.perf_counter()
         cfg = self.uses_guidance(float(settings.guidance))
-        texts = [_isolated(r) for r in requests]
+        encoded, layers_info = self._encode_requests(requests, [_isolated(r) for r in requests], cfg)
+        encoding = time.perf_counter() - start
+        self._pipeline_seconds = 0.0
+
+        full = (settings.width, settings.height)
+        fallbacks: list[str] = []
+        images, batching = self._batched_or_one_by_one(requests, encoded, settings, cfg, progress, layers_info,
+                                                       fallbacks)
+
+        info = dict(self.model_info)
+        info.update(
+            batching=batching, fallbacks=fallbacks, steps=settings.steps, guidance=float(settings.guidance),
+            classifier_free_guidance=cfg, size=list(full), layers=layers_info,
+            timings={"encode": round(encoding, 4), "pipeline": round(self._pipeline_seconds, 4),
+                     "total": round(time.perf_counter() - start, 4)},
+        )
+        return RenderResult(images=images, info=info)
+
+    def _encode_requests(self, requests, texts, cfg: bool) -> tuple[list, dict]:
+        """Encode each request's (prompt, negative) chunk by chunk; returns the encodings and, per layer, what
+        its text encoder saw (for the manifest)."""
         encoded, layers_info = [], {}
         for r, (prompt, negative) in zip(requests, texts):
-            pos, pos_report = self._encode(prompt)
+            # A whole scene's prompt (a plate, a harmonising pass) is the user's own text: all of it is conditioned.
+            limit = WHOLE_PROMPT_CHUNKS if r.name in WHOLE_PROMPT_NAMES else None
+            pos, pos_report = self._encode(prompt, limit=limit)
             neg, neg_report = self._encode(negative, negative=True) if cfg else (None, None)
             encoded.append((pos, neg))
             info = {
@@ -657,18 +699,155 @@ class DiffusersBackend:
             for what, rep in (("prompt", pos_report), ("negative prompt", neg_report)):
                 if rep is not None and rep["truncated_tokens"]:
                     logger.warning("layer %s: %d tokens of its %s beyond %d chunks were not conditioned",
-                                   r.name, rep["truncated_tokens"], what, self.max_prompt_chunks)
+                                   r.name, rep["truncated_tokens"], what, limit or self.max_prompt_chunks)
             layers_info[r.name] = info
+        return encoded, layers_info
+
+    # --------------------------------------------------------------- repaint
+
+    def repaint(self, requests: Sequence[RepaintRequest], settings: RenderSettings,
+                progress: Optional[ProgressCallback] = None) -> RenderResult:
+        """Repaint existing pixels under each request's depth map: inpaint where its mask is 1, img2img without one.
+
+        Runs diffusers' ControlNet img2img / inpaint pipelines (SD1.x/2.x or XL), made with `from_pipe` from the
+        loaded ControlNet pipeline, so the UNet, VAE, text encoders and ControlNet are the same objects: nothing
+        is loaded or copied twice. Requests of one kind (masked: inpaint; unmasked: img2img) and one `denoise` go
+        through one batched call (the pipelines take one strength per call), with render's fallbacks when memory runs out; each keeps its own seed and
+        ControlNet strength. Prompts are encoded chunk by chunk as in `render`, and used as given: the start
+        pixels already set each picture's backdrop, so no isolation framing is added.
+
+        Args:
+            requests: the pictures, each with its start image (settings size), optional mask (1 = repaint),
+                depth control, seed, denoise and ControlNet strength.
+            settings: size, steps and guidance. A request runs int(steps * denoise) denoising steps.
+            progress: called as progress(label, step, total) after every denoising step; label is the request
+                name, or the names joined with "+" for a batched call.
+
+        Returns:
+            RenderResult with one RGB image per request (request order). Where a mask is 0 the pixels are the
+            input's exactly; where it is soft the output is blended by it. info has model_info, "calls" (each
+            pipeline call: layers, pipeline, denoise, batching), "fallbacks", "layers" and timings.
+
+        Raises:
+            ValueError: bad requests or settings.
+            RenderMemoryError: out of memory even one picture at a time at the smallest fallback size.
+        """
+        self._check_repaint_inputs(requests, settings)
+        with self._lock:
+            return self._repaint(list(requests), settings, progress)
+
+    def _check_repaint_inputs(self, requests, settings: RenderSettings):
+        if not isinstance(requests, (list, tuple)) or not requests:
+            raise ValueError(f"requests must be a non-empty list of RepaintRequest, got {requests!r}")
+        self._check_settings(settings)
+        size = (settings.width, settings.height)
+        names = []
+        for r in requests:
+            if not isinstance(r, RepaintRequest):
+                raise ValueError(f"requests must hold RepaintRequest objects, got {type(r).__name__}")
+            names.append(r.name)
+            if not isinstance(r.image, Image.Image) or r.image.mode != "RGB" or r.image.size != size:
+                got = f"{r.image.mode} {r.image.size[0]}x{r.image.size[1]}" if isinstance(r.image, Image.Image) \
+                    else type(r.image).__name__
+                raise ValueError(f"{r.name!r}: image must be an RGB picture of {size[0]}x{size[1]}, got {got}")
+            check_unit_map(r.control, f"{r.name!r}: control")
+            if r.mask is not None:
+                check_unit_map(r.mask, f"{r.name!r}: mask", shape=(settings.height, settings.width))
+            if not isinstance(r.seed, (int, np.integer)) or not 0 <= int(r.seed) < 2**63:
+                raise ValueError(f"{r.name!r}: seed must be an integer in [0, 2**63), got {r.seed!r}")
+            if not 0.0 <= float(r.strength) <= 2.0:
+                raise ValueError(f"{r.name!r}: strength must be in [0, 2], got {r.strength!r}")
+            if not 0.0 < float(r.denoise) <= 1.0:
+                raise ValueError(f"{r.name!r}: denoise must be in (0, 1], got {r.denoise!r}")
+            if int(settings.steps * float(r.denoise)) < 1:
+                raise ValueError(f"{r.name!r}: denoise {r.denoise} of {settings.steps} steps runs no step; "
+                                 f"raise denoise to at least {1 / settings.steps:.3g} or use more steps")
+            if not isinstance(r.prompt, str) or not isinstance(r.negative_prompt, str):
+                raise ValueError(f"{r.name!r}: prompt and negative_prompt must be strings")
+        if len(set(names)) != len(names):
+            raise ValueError(f"request names must be unique, got {names}")
+
+    def repaint_pipeline(self, kind: str):
+        """The ControlNet "img2img" or "inpaint" pipeline of this model family, sharing every component with the
+        loaded pipeline (made once with from_pipe, then reused)."""
+        pipe = self._repaint_pipes.get(kind)
+        if pipe is None:
+            from diffusers import (StableDiffusionControlNetImg2ImgPipeline, StableDiffusionControlNetInpaintPipeline,
+                                   StableDiffusionXLControlNetImg2ImgPipeline,
+                                   StableDiffusionXLControlNetInpaintPipeline)
+
+            classes = {("sd15", "img2img"): StableDiffusionControlNetImg2ImgPipeline,
+                       ("sd15", "inpaint"): StableDiffusionControlNetInpaintPipeline,
+                       ("sdxl", "img2img"): StableDiffusionXLControlNetImg2ImgPipeline,
+                       ("sdxl", "inpaint"): StableDiffusionXLControlNetInpaintPipeline}
+            if (self.family, kind) not in classes:
+                raise ValueError(f"repaint pipeline must be 'img2img' or 'inpaint', got {kind!r}")
+            # from_pipe casts the new pipeline to `dtype` (float32 when none is given), and its modules are the
+            # loaded pipeline's own: without the loaded dtype a float16 model would be cast to float32 in place.
+            # from_pipe's .to(dtype) of modules already in that dtype changes nothing but warns once per module.
+            notices = logging.getLogger("diffusers.models.modeling_utils")
+            level = notices.level
+            notices.setLevel(logging.ERROR)
+            try:
+                pipe = classes[(self.family, kind)].from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
+            finally:
+                notices.setLevel(level)
+            pipe.set_progress_bar_config(disable=True)
+            self._repaint_pipes[kind] = pipe
+        return pipe
+
+    def _repaint(self, requests: list[RepaintRequest], settings: RenderSettings,
+                 progress: Optional[ProgressCallback]) -> RenderResult:
+        start = time.perf_counter()
+        cfg = self.uses_guidance(float(settings.guidance))
+        encoded, layers_info = self._encode_requests(requests, [(r.prompt, r.negative_prompt) for r in requests],
+                                                     cfg)
         encoding = time.perf_counter() - start
         self._pipeline_seconds = 0.0
-
-        full = (settings.width, settings.height)
         fallbacks: list[str] = []
+        # A request always goes through the same pipeline, whatever else is in the call, so that repainting one
+        # picture alone gives what it got in the batch.
+        groups: dict[tuple[str, float], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(("img2img" if r.mask is None else "inpaint", float(r.denoise)), []).append(i)
+        images: list[Optional[Image.Image]] = [None] * len(requests)
+        calls = []
+        for (kind, denoise), members in groups.items():
+            group = [requests[i] for i in members]
+            pipe = self.repaint_pipeline(kind)
+            out, batching = self._batched_or_one_by_one(
+                group, [encoded[i] for i in members], settings, cfg, progress, layers_info, fallbacks, pipe=pipe,
+                inputs=functools.partial(_repaint_inputs, kind=kind, denoise=denoise))
+            for i, image in zip(members, out):
+                images[i] = _keep_unmasked(image, requests[i])
+            calls.append({"layers": [r.name for r in group], "pipeline": type(pipe).__name__, "denoise": denoise,
+                          "batching": batching})
+            for r in group:
+                layers_info[r.name].update(denoise=denoise, masked=r.mask is not None,
+                                           repainted_fraction=1.0 if r.mask is None else round(float(
+                                               np.asarray(r.mask, dtype=np.float32).mean()), 6))
+        multi = [c for c in calls if len(c["layers"]) > 1]
+        info = dict(self.model_info)
+        info.update(
+            calls=calls, fallbacks=fallbacks, steps=settings.steps, guidance=float(settings.guidance),
+            classifier_free_guidance=cfg, size=[settings.width, settings.height], layers=layers_info,
+            batching="batched" if multi and all(c["batching"] == "batched" for c in multi) else "one_by_one",
+            timings={"encode": round(encoding, 4), "pipeline": round(self._pipeline_seconds, 4),
+                     "total": round(time.perf_counter() - start, 4)},
+        )
+        return RenderResult(images=images, info=info)
+
+    def _batched_or_one_by_one(self, requests, encoded, settings, cfg, progress, layers_info, fallbacks, *,
+                               pipe=None, inputs=None) -> tuple[list[Image.Image], str]:
+        """All requests in one pipeline call where memory allows, else one by one (then smaller).
+
+        Returns (RGB images at the settings size in request order, "batched" | "one_by_one")."""
+        full = (settings.width, settings.height)
         images: Optional[list[Image.Image]] = None
         batching = "one_by_one"
         if self.batch != "one_by_one" and len(requests) > 1:
             try:
-                images, k = self._call(requests, encoded, settings, full, cfg, progress)
+                images, k = self._call(requests, encoded, settings, full, cfg, progress, pipe=pipe, inputs=inputs)
                 batching = "batched"
                 for r in requests:
                     layers_info[r.name].update(padded_to_chunks=k, render_size=list(full))
@@ -683,18 +862,12 @@ class DiffusersBackend:
                 logger.warning(message)
                 fallbacks.append(message)
         if images is None:
-            images = self._one_by_one(requests, encoded, settings, cfg, progress, layers_info, fallbacks)
+            images = self._one_by_one(requests, encoded, settings, cfg, progress, layers_info, fallbacks, pipe=pipe,
+                                      inputs=inputs)
+        return images, batching
 
-        info = dict(self.model_info)
-        info.update(
-            batching=batching, fallbacks=fallbacks, steps=settings.steps, guidance=float(settings.guidance),
-            classifier_free_guidance=cfg, size=list(full), layers=layers_info,
-            timings={"encode": round(encoding, 4), "pipeline": round(self._pipeline_seconds, 4),
-                     "total": round(time.perf_counter() - start, 4)},
-        )
-        return RenderResult(images=images, info=info)
-
-    def _one_by_one(self, requests, encoded, settings, cfg, progress, layers_info, fallbacks) -> list[Image.Image]:
+    def _one_by_one(self, requests, encoded, settings, cfg, progress, layers_info, fallbacks, *, pipe=None,
+                    inputs=None) -> list[Image.Image]:
         full = (settings.width, settings.height)
         ladder = [(full, False), (full, True)] + [
             ((max(64, int(full[0] * s) // 64 * 64), max(64, int(full[1] * s) // 64 * 64)), True)
@@ -711,7 +884,8 @@ class DiffusersBackend:
                 if savers and not self._memory_savers:
                     self._enable_memory_savers()
                 try:
-                    (image,), k = self._call([request], [enc], settings, size, cfg, progress)
+                    (image,), k = self._call([request], [enc], settings, size, cfg, progress, pipe=pipe,
+                                             inputs=inputs)
                     break
                 except (RuntimeError, MemoryError) as exc:
                     if not (isinstance(exc, MemoryError) or _is_out_of_memory(exc)):
@@ -735,13 +909,21 @@ class DiffusersBackend:
             images.append(image)
         return images
 
-    def _call(self, requests, encoded, settings: RenderSettings, size, cfg: bool, progress):
-        """One pipeline call for `requests` at `size`. Returns (RGB images, chunks per prompt)."""
+    def _call(self, requests, encoded, settings: RenderSettings, size, cfg: bool, progress, *, pipe=None,
+              inputs=None):
+        """One pipeline call for `requests` at `size`. Returns (RGB images, chunks per prompt).
+
+        pipe: the pipeline to call (default: the loaded ControlNet pipeline); inputs(requests, width, height,
+        controls) -> the image keyword arguments of that pipeline (default: the control images as `image`)."""
         import torch
 
         width, height = size
         self._apply_tiling(width * height)
         controls = [_control_image(np.asarray(r.control, dtype=np.float32), width, height) for r in requests]
+        if inputs is None:
+            images = {"image": controls if len(controls) > 1 else controls[0]}
+        else:
+            images = inputs(requests, width, height, controls)
         kwargs, k = self._batch_conditioning(encoded, cfg)
         generators = [torch.Generator("cpu").manual_seed(int(r.seed)) for r in requests]
         label = "+".join(r.name for r in requests)
@@ -759,8 +941,8 @@ class DiffusersBackend:
             self._scaler.strengths = torch.tensor(strengths, dtype=torch.float32)
         called = time.perf_counter()
         try:
-            out = self.pipe(
-                image=controls if len(controls) > 1 else controls[0], height=height, width=width,
+            out = (pipe or self.pipe)(
+                **images, height=height, width=width,
                 num_inference_steps=settings.steps, guidance_scale=float(settings.guidance),
                 controlnet_conditioning_scale=scale, generator=generators, output_type="pil",
                 callback_on_step_end=on_step_end, **kwargs,
@@ -800,6 +982,34 @@ class DiffusersBackend:
             torch.cuda.empty_cache()
         elif self._device.type == "mps":
             torch.mps.empty_cache()
+
+
+def _repaint_inputs(requests, width: int, height: int, controls, *, kind: str, denoise: float) -> dict:
+    """The image keyword arguments of one img2img / inpaint call at width x height."""
+    starts = [r.image if r.image.size == (width, height) else r.image.resize((width, height), Image.LANCZOS)
+              for r in requests]
+    kwargs = {"image": starts, "control_image": controls, "strength": denoise}
+    if kind == "inpaint":
+        kwargs["mask_image"] = [_unit_image(np.asarray(r.mask, dtype=np.float32), width, height) for r in requests]
+    return kwargs
+
+
+def _unit_image(values: np.ndarray, width: int, height: int) -> Image.Image:
+    img = Image.fromarray(np.clip(np.rint(values * 255.0), 0, 255).astype(np.uint8), "L")
+    return img if img.size == (width, height) else img.resize((width, height), Image.BILINEAR)
+
+
+def _keep_unmasked(image: Image.Image, request: RepaintRequest) -> Image.Image:
+    """The repainted picture where the mask is 1, the input's own pixels where it is 0, blended between.
+
+    The VAE round trip shifts every pixel a little, and the inpaint pipelines binarise the mask; the promise to the
+    caller is that what it asked to keep is kept exactly."""
+    if request.mask is None:
+        return image
+    m = np.asarray(request.mask, dtype=np.float32)[..., None]
+    start = np.asarray(request.image, dtype=np.float32)
+    out = np.asarray(image, dtype=np.float32)
+    return Image.fromarray(np.clip(np.rint(start + (out - start) * m), 0, 255).astype(np.uint8), "RGB")
 
 
 def _import_diffusers():
