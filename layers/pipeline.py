@@ -674,8 +674,9 @@ def load_result(out_dir) -> StackResult:
         raise ValueError(f"{out} manifest size is {size[0]}x{size[1]}, more than the image limit "
                          f"({PIXEL_LIMIT_VAR})")
     depth_source = manifest.get("depth_source", "scaffold")
-    if depth_source not in DEPTH_SOURCES:
-        raise ValueError(f"{out} manifest depth_source must be one of {', '.join(DEPTH_SOURCES)}, got {depth_source!r}")
+    if depth_source not in DEPTH_SOURCES + ("plate",):  # "plate": estimated from the stack's own plate
+        raise ValueError(f"{out} manifest depth_source must be one of {', '.join(DEPTH_SOURCES)} or plate, "
+                         f"got {depth_source!r}")
     depths, layers = {}, []
     for entry in checked.layers:
         name = entry.name  # one of our own layer names: checked, so paths built from it stay ours

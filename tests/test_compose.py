@@ -125,7 +125,7 @@ def test_harmonising_keeps_every_alpha_byte_identical_and_colour_changes_inside_
 
 def test_the_rembg_union_keeps_planned_debris_that_a_one_blob_segmenter_drops(tmp_path, monkeypatch):
     monkeypatch.setenv("U2NET_HOME", str(tmp_path / "u2net"))
-    from layers.matte import matte_layer, new_matte_session
+    from layers.matte import MatteSettings, matte_layer, new_matte_session
 
     size = 96
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -140,12 +140,17 @@ def test_the_rembg_union_keeps_planned_debris_that_a_one_blob_segmenter_drops(tm
     band = (figure | debris).astype(np.float32)
 
     session = new_matte_session(_one_blob_segmenter(tmp_path / "u2net" / "one_blob.onnx"))
-    alone = matte_layer(image, band, session=session)
+    # The segmenter's mask alone (near the band): what matting trusted before keying.
+    alone = matte_layer(image, band, session=session, settings=MatteSettings(method="closed-form"))
     union = np.asarray(matte_band(image, band, session).getchannel("A"), dtype=np.float32) / 255.0
     assert alone[figure].mean() > 0.6 and union[figure].mean() > 0.9
     for y, x in specks:  # the segmenter drops every speck; the union keeps every one
         assert alone[y, x] < 0.2 and union[y, x] > 0.8, (y, x)
-    assert (union >= alone - 1e-6).all()
+    # Inside what was painted the union never keeps less than the segmenter; outside it, keying's exact edge wins
+    # over the segmenter's 320 px blur (letting the mask raise every pixel would thicken every outline).
+    painted = figure | debris
+    assert (union[painted] >= alone[painted] - 1e-6).all()
+    assert union[~painted].max() < 0.1
 
 
 def _one_blob_segmenter(path):
@@ -251,7 +256,9 @@ def test_the_cli_composes_from_a_plate_by_default_in_model_mode_and_regenerates_
         return hashlib.sha256((out / rel).read_bytes()).hexdigest()
 
     before = {n: digest(f"layers/{n}.png") for n in ("background", "midground", "foreground")}
-    assert main(["regenerate", "--from", str(out), "--layer", "background", "--seed", "9"]) == 0
+    # A local model folder is named again (a received manifest never picks what to load from this machine).
+    assert main(["regenerate", "--from", str(out), "--layer", "background", "--seed", "9",
+                 "--model", str(tiny_sd15_dir)]) == 0
     after = {n: digest(f"layers/{n}.png") for n in before}
     assert [after[n] == before[n] for n in before] == [False, True, True]
     # the scaffold composition is still there on request, and bad values are one line, exit 2
