@@ -217,10 +217,12 @@ def test_generate_returns_ora_zip_mp4_composite_and_previews(generated):
 
 def test_generate_returns_the_glb_and_the_web_page_after_every_older_output(generated):
     _, out, _ = generated
-    # Clients index the outputs by position: the older ones keep theirs, the GLB and the page come last.
-    assert len(out) == 24
+    # Clients index the outputs by position: the older ones keep theirs, then the GLB, the page and the plate
+    # (None in draft mode, which composes on the scaffold).
+    assert len(out) == 25
     assert out[PSD].endswith(".psd") and out[ZIP].endswith(".zip") and out[SUMMARY]["backend"] == "draft"
-    glb, page = Path(out[-2]), Path(out[-1])
+    glb, page = Path(out[-3]), Path(out[-2])
+    assert out[-1] is None
     assert glb.suffix == ".glb" and glb.read_bytes()[:4] == b"glTF"
     assert page.suffix == ".html" and page.read_text(encoding="utf-8").count('<img class="lc-plane" src="data:') == 3
 
