@@ -1,0 +1,273 @@
+"""Batch: job files read into jobs (bad lines named by line), one stack folder per job, a summary, resuming after a
+kill without redoing or losing a job, and a failing job recorded while the rest run."""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from layers.batch import (BatchSettings, incomplete_reason, job_name, read_attempts, read_jobs, run_batch)
+from layers.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SIZE = {"width": 128, "height": 192}
+DRAFT = BatchSettings(backend="draft", options={"video": False})
+STACK_FILES = {"manifest.json", "composite.png", "stack.psd", "stack.ora", "stack.zip", "layers/background.png",
+               "layers/midground.png", "layers/foreground.png", "depth/background.png", "priors/foreground.png"}
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def text_jobs(n: int, **extra) -> list[dict]:
+    scenes = ["a castle on a hill, two knights, falling leaves", "a velvet hall, one dancer, glass shards",
+              "a harbour at dusk, three sailors, drifting lanterns", "a library vault, a scholar, floating pages"]
+    return [{"prompt": scenes[i % len(scenes)], "seed": i, **SIZE, **extra} for i in range(n)]
+
+
+def files_under(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def summary_rows(out: Path) -> list[dict]:
+    with open(out / "batch.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+# --- reading job files -----------------------------------------------------------------------------------------
+
+def test_names_are_safe_stable_and_unique(tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"prompt": "Ünïcödé Hall / ../../etc, two knights!"},
+        {"prompt": "Ünïcödé Hall / ../../etc, two knights!", "seed": 3},
+        {"prompt": "a hall", "name": "My Scene"},
+        {"prompt": "another hall", "name": "my scene"},
+        {"prompt": "ザ" * 10},
+    ])
+    names = [j.name for j in read_jobs(jobs).jobs]
+    assert names == ["unicode-hall-etc-two-knights", "unicode-hall-etc-two-knights-2", "my-scene", "my-scene-2",
+                     "job"]
+    assert [j.name for j in read_jobs(jobs).jobs] == names, "the same file gives the same names"
+    assert len(job_name("word " * 40)) <= 48
+
+
+def test_three_job_file_kinds(tmp_path):
+    folder = tmp_path / "prompts"
+    folder.mkdir()
+    (folder / "02 Night Market.txt").write_text("a night market, two vendors, paper lanterns", encoding="utf-8")
+    (folder / "01-dawn.txt").write_text("a dawn field, a shepherd, mist", encoding="utf-8")
+    (folder / "notes.md").write_text("not a job", encoding="utf-8")
+    assert [(j.name, j.prompt[:7]) for j in read_jobs(folder).jobs] == [("01-dawn", "a dawn "),
+                                                                         ("02-night-market", "a night")]
+
+    (tmp_path / "pic.png").write_bytes(b"")
+    Image.new("RGB", (64, 64), "red").save(tmp_path / "pic.png")
+    table = tmp_path / "jobs.csv"
+    table.write_text('prompt,seed,width,height,midground_prompt,image,layers\n'
+                     '"a hall, two knights",7,128,192,a masked dancer,,\n'
+                     ',,,,,pic.png,3\n', encoding="utf-8")
+    text, picture = read_jobs(table).jobs
+    assert (text.prompt, text.seed, text.width, text.height) == ("a hall, two knights", 7, 128, 192)
+    assert text.overrides == (("midground", "a masked dancer"),)
+    assert (picture.kind, Path(picture.image), picture.layers, picture.name) == ("picture", tmp_path / "pic.png", 3,
+                                                                                 "pic")
+
+
+def test_bad_lines_are_named_by_line_and_the_rest_are_jobs(tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"prompt": "a castle, two knights"},
+        "{not json",
+        {"prompt": "a hall", "colour": "red"},
+        {"image": "nowhere.png"},
+        "",
+        {"prompt": "a hall", "width": 100},
+        ["a list"],
+        {"seed": 3},
+    ])
+    listed = read_jobs(jobs)
+    assert [j.line for j in listed.jobs] == [1]
+    reasons = {o.line: o.reason for o in listed.invalid}
+    assert set(reasons) == {2, 3, 4, 6, 7, 8}
+    assert "not valid JSON" in reasons[2]
+    assert "unknown key 'colour'" in reasons[3]
+    assert "image not found: nowhere.png" in reasons[4]
+    assert "width 100 is not a multiple of 8" in reasons[6]
+    assert "JSON object" in reasons[7]
+    assert "needs a prompt" in reasons[8]
+    assert all("\n" not in r for r in reasons.values())
+
+    table = tmp_path / "jobs.csv"
+    table.write_text("prompt,mood\na hall,grim\na vault,calm\n", encoding="utf-8")
+    bad = read_jobs(table)
+    assert not bad.jobs and [(o.line, "unknown key 'mood'" in o.reason) for o in bad.invalid] == [(2, True), (3, True)]
+
+
+@pytest.mark.parametrize("content", ["", "\n\n", "prompt,seed\n"])
+def test_an_empty_job_file_exits_2_with_one_line(tmp_path, capsys, content):
+    suffix = ".csv" if "," in content else ".jsonl"
+    jobs = tmp_path / f"jobs{suffix}"
+    jobs.write_text(content, encoding="utf-8")
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), "--backend", "draft"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "holds no jobs" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unwritable_out_exits_2_before_any_work(tmp_path, capsys):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", text_jobs(1))
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "sub"):
+        assert main(["batch", str(jobs), "--out", str(out), "--backend", "draft"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "output folder" in err
+    assert blocker.read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "jobs.jsonl"]
+
+
+# --- running a batch -------------------------------------------------------------------------------------------
+
+def test_local_batch_writes_complete_folders_and_a_summary_and_a_failure_does_not_stop_it(tmp_path):
+    Image.new("RGB", (96, 64), "blue").save(tmp_path / "photo.png")
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", text_jobs(3)[:2] + [
+        {"image": "photo.png"},
+        {"prompt": "bad", "tint": 3},
+        text_jobs(3)[2],
+    ])
+    out = tmp_path / "out"
+    listed = read_jobs(jobs)
+    harbour = listed.jobs[-1].name
+    assert harbour == "a-harbour-at-dusk-three-sailors-drifting", "names stop at a word within 48 characters"
+    # A file where the third text job's folder should go: that job fails when written, the others go on.
+    out.mkdir()
+    (out / harbour).write_text("in the way")
+    summary = run_batch(listed, out, DRAFT)
+
+    rows = summary_rows(out)
+    assert [(r["job"], r["line"], r["status"]) for r in rows] == [
+        ("a-castle-on-a-hill-two-knights-falling-leaves", "1", "done"),
+        ("a-velvet-hall-one-dancer-glass-shards", "2", "done"),
+        ("photo", "3", "failed"),
+        ("line-4", "4", "invalid"),
+        (harbour, "5", "failed"),
+    ]
+    assert rows[2]["reason"] == "picture jobs need layers.decompose"
+    assert "unknown key 'tint'" in rows[3]["reason"]
+    assert "is a file" in rows[4]["reason"]
+    assert json.loads((out / "batch.json").read_text())["jobs"] == [
+        {**r, "line": int(r["line"]), "seconds": float(r["seconds"])} for r in rows]
+    assert summary.counts() == {"done": 2, "skipped": 0, "failed": 2, "invalid": 1}
+    for row in rows[:2]:
+        folder = out / row["folder"]
+        assert STACK_FILES <= files_under(folder)
+        assert incomplete_reason(folder) is None
+        assert float(row["seconds"]) > 0
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert (manifest["width"], manifest["height"], manifest["backend"]) == (128, 192, "draft")
+        with Image.open(folder / "layers" / "midground.png") as img:
+            alpha = np.asarray(img.getchannel("A"))
+        assert 0.01 < (alpha > 128).mean() < 0.9, "a matted midground"
+    seeds = [json.loads((out / r["folder"] / "manifest.json").read_text())["seed"] for r in rows[:2]]
+    assert seeds == [0, 1], "each job's own seed"
+
+
+def test_incomplete_folders_are_recognised_and_redone(tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", text_jobs(3))
+    out = tmp_path / "out"
+    listed = read_jobs(jobs)
+    run_batch(listed, out, DRAFT)
+    a, b, c = (out / j.name for j in listed.jobs)
+    (b / "layers" / "foreground.png").unlink()
+    (c / "stack.psd").write_bytes(b"")
+    assert incomplete_reason(b) == "layers/foreground.png is missing"
+    assert incomplete_reason(c) == "stack.psd is missing"
+    # A folder holding another job (the job file was edited) is not this job's result.
+    assert "seed differs" in incomplete_reason(a, dataclasses.replace(listed.jobs[0], seed=9))
+    before = (a / "manifest.json").stat().st_mtime_ns
+
+    summary = run_batch(listed, out, DRAFT)
+    assert [o.status for o in summary.outcomes] == ["skipped", "done", "done"]
+    assert (a / "manifest.json").stat().st_mtime_ns == before, "a complete folder is not written again"
+    assert all(incomplete_reason(out / j.name, j) is None for j in listed.jobs)
+
+
+def test_one_backend_per_worker_reused_for_every_job(tmp_path, tiny_sd15_dir):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{**j, "width": 64, "height": 96} for j in text_jobs(3)])
+    out = tmp_path / "out"
+    settings = BatchSettings(backend="diffusers", backend_options=(("model", str(tiny_sd15_dir)),),
+                             options={"video": False, "steps": 2})
+    summary = run_batch(read_jobs(jobs), out, settings)
+    assert [o.status for o in summary.outcomes] == ["done"] * 3
+    events = read_attempts(out)
+    assert [e["event"] for e in events if e["event"] == "load"] == ["load"]
+    assert [e["event"] for e in events if e["job"]] == ["start", "done"] * 3
+    manifest = json.loads((out / summary.outcomes[0].folder / "manifest.json").read_text())
+    assert manifest["backend"] == "diffusers" and manifest["options"]["steps"] == 2
+
+
+def test_two_local_workers_each_load_once_and_share_the_jobs(tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", text_jobs(4))
+    out = tmp_path / "out"
+    summary = run_batch(read_jobs(jobs), out, BatchSettings(backend="draft", workers=2, options={"video": False}))
+    assert [o.status for o in summary.outcomes] == ["done"] * 4
+    events = read_attempts(out)
+    loads = [e["worker"] for e in events if e["event"] == "load"]
+    done = [e["worker"] for e in events if e["event"] == "done"]
+    # Which process takes which job is the pool's choice; each of the two loads its backend once.
+    assert len(loads) == len(set(loads)) == 2 and set(done) <= set(loads)
+    assert sorted(e["job"] for e in events if e["event"] == "done") == sorted(o.job for o in summary.outcomes)
+
+
+def run_cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "layers", *map(str, args)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_resume_after_a_kill_does_no_job_twice_and_loses_none(tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", text_jobs(5))
+    out = tmp_path / "out"
+    names = [j.name for j in read_jobs(jobs).jobs]
+    cmd = [sys.executable, "-m", "layers", "batch", str(jobs), "--out", str(out), "--backend", "draft",
+           "--no-video"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while sum((out / n / "manifest.json").is_file() for n in names) < 2:
+            assert proc.poll() is None, "the batch ended before it was killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    finished = {n: (out / n / "manifest.json").stat() for n in names if (out / n / "manifest.json").is_file()}
+    assert 2 <= len(finished) < len(names), "killed midway"
+    first_run = {(e["event"], e["job"]) for e in read_attempts(out)}
+
+    proc = run_cli("batch", jobs, "--out", out, "--backend", "draft", "--no-video")
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["job"]: r["status"] for r in summary_rows(out)}
+    assert rows == {n: ("skipped" if n in finished else "done") for n in names}
+    for n, st in finished.items():
+        after = (out / n / "manifest.json").stat()
+        assert (after.st_ino, after.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), f"{n} was written again"
+    events = read_attempts(out)
+    done = [e["job"] for e in events if e["event"] == "done"]
+    assert sorted(done) == sorted(set(done)), "no job done twice"
+    assert set(done) | set(finished) == set(names) and all(incomplete_reason(out / n) is None for n in names)
+    # The job the kill interrupted was started in the first run and done in the second.
+    interrupted = {j for ev, j in first_run if ev == "start"} - {j for ev, j in first_run if ev == "done"}
+    assert interrupted <= set(done) - set(finished)
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
+    assert "skipped" in proc.stdout and "batch.csv" in proc.stdout
