@@ -43,7 +43,7 @@ SUMMARY_FIELDS = ("job", "line", "status", "seconds", "folder", "reason")
 ATTEMPTS_DIR = ".attempts"
 MAX_NAME_CHARS = 48
 MIN_PICTURE_LAYERS, MAX_PICTURE_LAYERS = 2, 8
-_MAX_RESUBMITS = 2
+_MAX_RESUBMITS = 1
 """How often the Ray executor sends a job to another actor after its own actor ran out of restarts."""
 
 
@@ -518,12 +518,14 @@ class _RayWorker:
     """The body of a Ray actor: one JobRunner, its backend loaded when the actor starts (and restarts)."""
 
     def __init__(self, spec: WorkerSpec, name: str):
-        import ray
-
-        self.runner = JobRunner(spec, worker=f"{name}-{ray.get_runtime_context().get_actor_id()[:8]}-{os.getpid()}")
+        # The actor's name plus the process: a restarted actor is a new process, a new attempt log.
+        self.runner = JobRunner(spec, worker=f"{name}-{os.getpid()}")
 
     def run(self, job: Job) -> JobOutcome:
         return self.runner.run(job)
+
+    def ping(self) -> bool:
+        return True
 
 
 def _run_ray(jobs: list[Job], spec: WorkerSpec, workers: Optional[int], address: Optional[str],
