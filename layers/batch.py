@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -38,11 +39,11 @@ STATUSES = ("done", "skipped", "failed", "invalid")
 reason is recorded); invalid: the job file's line could not be read as a job."""
 
 TEXT_KEYS = ("name", "prompt", "seed", "width", "height") + tuple(f"{n}_prompt" for n in LAYER_NAMES)
-PICTURE_KEYS = ("name", "image", "depth", "layers")
+PICTURE_KEYS = ("name", "image", "depth", "layers", "seed")
 SUMMARY_FIELDS = ("job", "line", "status", "seconds", "folder", "reason")
 ATTEMPTS_DIR = ".attempts"
 MAX_NAME_CHARS = 48
-MIN_PICTURE_LAYERS, MAX_PICTURE_LAYERS = 2, 8
+MIN_PICTURE_LAYERS, MAX_PICTURE_LAYERS = 2, 6
 _MAX_RESUBMITS = 1
 """How often the Ray executor sends a job to another actor after its own actor ran out of restarts."""
 
@@ -252,7 +253,8 @@ def _job_from_record(record: dict, line: int, base: Path, label: str) -> Job:
             if not MIN_PICTURE_LAYERS <= layers <= MAX_PICTURE_LAYERS:
                 raise ValueError(f"layers {layers} is out of range {MIN_PICTURE_LAYERS}..{MAX_PICTURE_LAYERS}")
         name = job_name(given_name or Path(image).stem)
-        return Job(name=name, line=line, image=image, depth=depth, layers=layers)
+        return Job(name=name, line=line, image=image, depth=depth, layers=layers,
+                   seed=_int(record.get("seed", 0), "seed"))
 
     from .plan import check_prompt, plan_scene
 
@@ -345,6 +347,8 @@ def incomplete_reason(folder, job: Optional[Job] = None) -> Optional[str]:
             return f"{entry.get('file')} is not an image"
     if job is not None and job.kind == "text":
         return _text_mismatch(manifest, job)
+    if job is not None and manifest.get("render", {}).get("picture") != job.image:
+        return "the folder holds another job (its picture differs)"
     return None
 
 
@@ -375,6 +379,8 @@ class WorkerSpec:
     backend_options: tuple[tuple[str, str], ...] = ()
     options: Optional[dict] = None
     """GenerateOptions keyword arguments; steps and guidance, when not given, are the loaded backend's own."""
+    depth_model: Optional[str] = None
+    """Depth estimator for picture jobs without a depth map (hub id or folder); None = estimate's default."""
 
 
 class JobRunner:
@@ -403,7 +409,7 @@ class JobRunner:
             self._log("found", job.name)
             return self._outcome(job, "skipped", t, "already complete")
         try:
-            result = make_stack(job, self.backend, self.options)
+            result = make_stack(job, self.backend, self.options, self.spec.depth_model)
             write_outputs(result, folder)
         except Exception as exc:  # noqa: BLE001 - one job's failure is recorded; the batch goes on
             reason = _one_line(str(exc)) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
@@ -425,19 +431,34 @@ class JobRunner:
             os.fsync(f.fileno())
 
 
-def make_stack(job: Job, backend, options):
-    """Render one job into a StackResult (text jobs: the pipeline; picture jobs: decomposition)."""
+def make_stack(job: Job, backend, options, depth_model: Optional[str] = None):
+    """Render one job into a StackResult (text jobs: the pipeline; picture jobs: decomposition).
+
+    Args:
+        job: the job.
+        backend: the worker's loaded backend.
+        options: GenerateOptions.
+        depth_model: depth estimator for picture jobs without a depth map (default: estimate's).
+
+    Returns:
+        The StackResult, ready for write_outputs.
+    """
     if job.kind == "picture":
-        return _picture_stack(job, backend, options)
+        return _picture_stack(job, backend, options, depth_model)
     from .pipeline import generate
 
     return generate(job.prompt, backend, seed=job.seed, width=job.width, height=job.height, options=options,
                     overrides=dict(job.overrides))
 
 
-def _picture_stack(job: Job, backend, options):
-    """The one place picture jobs meet picture decomposition (layers.decompose)."""
+def _picture_stack(job: Job, backend, options, depth_model: Optional[str] = None):
+    """The one place picture jobs meet picture decomposition (layers.decompose): a picture job -> a StackResult.
+
+    The depth map is the job's own, or estimated from the picture (`depth_model`, loaded once per worker).
+    A backend that can repaint fills the hidden parts; otherwise they are filled offline.
+    """
     import importlib
+    import math
 
     try:
         decompose = importlib.import_module(f"{__package__}.decompose")
@@ -445,7 +466,40 @@ def _picture_stack(job: Job, backend, options):
         if exc.name != f"{__package__}.decompose":
             raise
         raise ValueError("picture jobs need layers.decompose") from None
-    raise ValueError(f"picture jobs need layers.decompose with a known entry point, not {decompose.__name__}")
+    from .depth import LayerDepth
+    from .pipeline import StackResult
+    from .plan import LayerPlan, ScenePlan
+
+    picture = decompose.load_picture(job.image)
+    if job.depth is not None:
+        depth, source = decompose.load_depth(job.depth), "map"
+    else:
+        from .estimate import DEFAULT_DEPTH_MODEL, estimate_depth
+
+        depth, source = estimate_depth(picture, model=depth_model or DEFAULT_DEPTH_MODEL), "reference"
+    session = _matte_session(options.matte_model) if options.matte_model else None
+    result = decompose.decompose(picture, depth, layers=job.layers or 3, backend=backend, seed=job.seed,
+                                 session=session)
+    width, height = picture.size
+    g = math.gcd(width, height)
+    # A picture has no prompt: the plan only names its layers, and the manifest says which picture it was.
+    plan = ScenePlan(prompt="", seed=job.seed, width=width, height=height, aspect=f"{width // g}:{height // g}",
+                     style="", figures=0, layers=tuple(LayerPlan(name=layer.name, prompt="", negative_prompt="",
+                                                                 seed=job.seed) for layer in result.stack))
+    depths = {layer.name: LayerDepth(name=layer.name, control=layer.depth, prior=result.visible[layer.name],
+                                     nearness=layer.nearness) for layer in result.stack}
+    info = {**result.info, "backend": getattr(backend, "name", None), "picture": job.image,
+            "depth_map": job.depth, "notices": list(result.notices)}
+    timings = {k: float(v) for k, v in result.info.get("timings", {}).items()}
+    return StackResult(plan=plan, depths=depths, stack=result.stack, render_info=info, options=options,
+                       depth_source=source, timings=timings)
+
+
+@functools.lru_cache(maxsize=2)
+def _matte_session(model: str):
+    from .matte import new_matte_session
+
+    return new_matte_session(model)
 
 
 def generate_options(backend, given: Optional[dict] = None):
@@ -616,6 +670,8 @@ class BatchSettings:
     """GenerateOptions keyword arguments for every job; steps and guidance not given are the backend's own."""
     ray_address: Optional[str] = None
     """A Ray cluster address, "auto", or None for a Ray started on this machine."""
+    depth_model: Optional[str] = None
+    """Depth estimator for picture jobs without a depth map (hub id or folder); None = estimate's default."""
 
     def __post_init__(self):
         if self.executor not in EXECUTORS:
@@ -700,7 +756,7 @@ def run_batch(job_list: JobList, out, settings: BatchSettings = BatchSettings(),
     for o in known:
         report(o)
     spec = WorkerSpec(out=str(root), backend=settings.backend, backend_options=settings.backend_options,
-                      options=settings.options)
+                      options=settings.options, depth_model=settings.depth_model)
     if pending:
         if settings.executor == "ray":
             results = _run_ray(pending, spec, settings.workers, settings.ray_address)

@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="local: processes (default 1); ray: actors (default one per GPU)")
     p.add_argument("--ray-address", help="Ray cluster address, or auto (default: a Ray started on this machine)")
     backend_args(p, "auto")
+    p.add_argument("--depth-model", help="depth estimator for picture jobs without a depth map (hub id or folder)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--strength", type=float, nargs=3, metavar=("BG", "MG", "FG"), help="ControlNet strength per layer")
@@ -276,7 +277,7 @@ def _cmd_batch(args) -> int:
             del options[key]
     settings = BatchSettings(executor=args.executor, workers=args.workers, backend=args.backend,
                              backend_options=tuple(sorted(_model_options(args).items())), options=options,
-                             ray_address=args.ray_address)
+                             ray_address=args.ray_address, depth_model=args.depth_model)
     job_list = read_jobs(args.jobs)
     check_out_dir(args.out)
     with _BatchProgress(len(job_list.order)) as bar:

@@ -139,16 +139,30 @@ def test_an_unwritable_out_exits_2_before_any_work(tmp_path, capsys):
 
 # --- running a batch -------------------------------------------------------------------------------------------
 
-def test_local_batch_writes_complete_folders_and_a_summary_and_a_failure_does_not_stop_it(tmp_path):
-    Image.new("RGB", (96, 64), "blue").save(tmp_path / "photo.png")
+def write_picture(folder: Path) -> tuple[Path, Path]:
+    """A 160x120 picture (sky, a red disc in the middle distance, a green box in front) and its depth map."""
+    h, w = 120, 160
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    rgb = (0.3 + 0.4 * y[..., None] / h) * np.array([120, 160, 220], np.float32)
+    disc, box = (x - 60) ** 2 + (y - 60) ** 2 < 30 ** 2, (x > 110) & (y > 70)
+    rgb[disc], rgb[box] = (200, 60, 40), (40, 180, 60)
+    depth = np.where(box, 0.9, np.where(disc, 0.5, 0.1))
+    Image.fromarray(rgb.astype(np.uint8)).save(folder / "scene.png")
+    Image.fromarray((depth * 255).astype(np.uint8)).save(folder / "scene_depth.png")
+    return folder / "scene.png", folder / "scene_depth.png"
+
+
+def test_local_batch_of_text_and_picture_jobs_and_a_failure_does_not_stop_it(tmp_path):
+    write_picture(tmp_path)
     jobs = write_jsonl(tmp_path / "jobs.jsonl", text_jobs(3)[:2] + [
-        {"image": "photo.png"},
+        {"image": "scene.png", "depth": "scene_depth.png", "layers": 3},
         {"prompt": "bad", "tint": 3},
         text_jobs(3)[2],
+        {"image": "scene.png", "name": "no depth map"},
     ])
     out = tmp_path / "out"
     listed = read_jobs(jobs)
-    harbour = listed.jobs[-1].name
+    harbour = listed.jobs[3].name
     assert harbour == "a-harbour-at-dusk-three-sailors-drifting", "names stop at a word within 48 characters"
     # A file where the third text job's folder should go: that job fails when written, the others go on.
     out.mkdir()
@@ -159,28 +173,49 @@ def test_local_batch_writes_complete_folders_and_a_summary_and_a_failure_does_no
     assert [(r["job"], r["line"], r["status"]) for r in rows] == [
         ("a-castle-on-a-hill-two-knights-falling-leaves", "1", "done"),
         ("a-velvet-hall-one-dancer-glass-shards", "2", "done"),
-        ("photo", "3", "failed"),
+        ("scene", "3", "done"),
         ("line-4", "4", "invalid"),
         (harbour, "5", "failed"),
+        ("no-depth-map", "6", "failed"),
     ]
-    assert rows[2]["reason"] == "picture jobs need layers.decompose"
     assert "unknown key 'tint'" in rows[3]["reason"]
     assert "is a file" in rows[4]["reason"]
+    # No depth map and no estimator weights here: the job says which model it needed.
+    assert "Depth-Anything" in rows[5]["reason"] and "\n" not in rows[5]["reason"]
     assert json.loads((out / "batch.json").read_text())["jobs"] == [
         {**r, "line": int(r["line"]), "seconds": float(r["seconds"])} for r in rows]
-    assert summary.counts() == {"done": 2, "skipped": 0, "failed": 2, "invalid": 1}
-    for row in rows[:2]:
+    assert summary.counts() == {"done": 3, "skipped": 0, "failed": 2, "invalid": 1}
+    for row in rows[:3]:
         folder = out / row["folder"]
         assert STACK_FILES <= files_under(folder)
         assert incomplete_reason(folder) is None
         assert float(row["seconds"]) > 0
-        manifest = json.loads((folder / "manifest.json").read_text())
+    for row in rows[:2]:
+        manifest = json.loads((out / row["folder"] / "manifest.json").read_text())
         assert (manifest["width"], manifest["height"], manifest["backend"]) == (128, 192, "draft")
-        with Image.open(folder / "layers" / "midground.png") as img:
+        with Image.open(out / row["folder"] / "layers" / "midground.png") as img:
             alpha = np.asarray(img.getchannel("A"))
         assert 0.01 < (alpha > 128).mean() < 0.9, "a matted midground"
     seeds = [json.loads((out / r["folder"] / "manifest.json").read_text())["seed"] for r in rows[:2]]
     assert seeds == [0, 1], "each job's own seed"
+
+    # The picture job: its layers put back together give the picture, the disc in the middle, the box in front.
+    scene = out / "scene"
+    manifest = json.loads((scene / "manifest.json").read_text())
+    assert manifest["render"]["picture"] == str(tmp_path / "scene.png") and manifest["depth_source"] == "map"
+    with Image.open(tmp_path / "scene.png") as a, Image.open(scene / "composite.png") as b:
+        assert np.abs(np.asarray(a, np.int16) - np.asarray(b.convert("RGB"), np.int16)).max() <= 2
+    with Image.open(scene / "layers" / "midground.png") as mid, Image.open(scene / "layers" / "foreground.png") as fg:
+        assert mid.getpixel((60, 60))[3] == 255 and mid.getpixel((140, 100))[3] < 255
+        assert fg.getpixel((140, 100))[3] == 255 and fg.getpixel((60, 60))[3] == 0
+
+
+def test_without_decompose_a_picture_job_fails_with_one_clear_line(tmp_path, monkeypatch):
+    write_picture(tmp_path)
+    monkeypatch.setitem(sys.modules, "layers.decompose", None)  # as on a build without it
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [{"image": "scene.png", "depth": "scene_depth.png"}])
+    summary = run_batch(read_jobs(jobs), tmp_path / "out", DRAFT)
+    assert [(o.status, o.reason) for o in summary.outcomes] == [("failed", "picture jobs need layers.decompose")]
 
 
 def test_incomplete_folders_are_recognised_and_redone(tmp_path):
