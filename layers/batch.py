@@ -16,6 +16,7 @@ is `<out>/batch.csv` and `<out>/batch.json`, rewritten after every job.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -297,8 +298,12 @@ def _unique(name: str, taken: set) -> str:
     return f"{name}-{n}"
 
 
+_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """A message on one line, without terminal colour codes (Ray colours its errors)."""
+    return " ".join(_ANSI_RE.sub("", text).split())
 
 
 # --- complete folders ------------------------------------------------------------------------------------------
@@ -311,7 +316,7 @@ def incomplete_reason(folder, job: Optional[Job] = None) -> Optional[str]:
     size and layer seeds are the job's.
 
     Args:
-        folder: the stack folder.
+        folder: the stack folder (a path, or an fsspec URL).
         job: the job it should hold; None checks completeness only.
 
     Returns:
@@ -319,12 +324,14 @@ def incomplete_reason(folder, job: Optional[Job] = None) -> Optional[str]:
     """
     from PIL import Image, UnidentifiedImageError
 
-    folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        return "no manifest.json"
+    from .store import open_store
+
+    store = open_store(folder)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        text = store.read_text("manifest.json")
+        if text is None:
+            return "no manifest.json"
+        manifest = json.loads(text)
         files = list(manifest["files"].items())
         layers = manifest["layers"]
         size = (int(manifest["width"]), int(manifest["height"]))
@@ -335,12 +342,11 @@ def incomplete_reason(folder, job: Optional[Job] = None) -> Optional[str]:
     for entry in layers:
         needed += [entry.get(k) for k in ("file", "depth_file", "prior_file") if entry.get(k)]
     for rel in needed:
-        path = folder / rel
-        if not path.is_file() or path.stat().st_size == 0:
+        if store.size(rel) <= 0:
             return f"{rel} is missing"
     for entry in layers:
         try:
-            with Image.open(folder / entry["file"]) as img:
+            with store.open_binary(entry["file"]) as f, Image.open(f) as img:
                 if img.size != size:
                     return f"{entry['file']} is {img.size[0]}x{img.size[1]}, the manifest says {size[0]}x{size[1]}"
         except (OSError, UnidentifiedImageError, KeyError):
@@ -374,7 +380,7 @@ class WorkerSpec:
     """What every worker needs to build its backend once and run jobs: plain values, sent to other processes."""
 
     out: str
-    """The output folder (absolute; a path every worker sees)."""
+    """The output folder: an absolute path every worker sees, or an fsspec URL."""
     backend: str = "draft"
     backend_options: tuple[tuple[str, str], ...] = ()
     options: Optional[dict] = None
@@ -388,29 +394,31 @@ class JobRunner:
 
     def __init__(self, spec: WorkerSpec, worker: Optional[str] = None):
         from .backends import resolve_backend
+        from .store import open_store
 
         self.spec = spec
         self.worker = worker or f"{socket.gethostname()}-{os.getpid()}"
-        self._log_path = Path(spec.out) / ATTEMPTS_DIR / f"{job_name(self.worker)}.jsonl"
+        self._store = open_store(spec.out)
+        self._log_name = f"{ATTEMPTS_DIR}/{job_name(self.worker)}.jsonl"
         t = time.perf_counter()
+        # Every step's imports (matting compiles or loads its kernels) are paid here, once, not in the first job.
+        from . import pipeline  # noqa: F401
+
         self.backend, self.notice = resolve_backend(spec.backend, **dict(spec.backend_options))
         self.options = generate_options(self.backend, spec.options)
         self._log("load", "", seconds=time.perf_counter() - t, backend=getattr(self.backend, "name", "?"))
 
     def run(self, job: Job) -> JobOutcome:
         """Make one job's stack, or find it already complete; a failure becomes the outcome's reason."""
-        from .pipeline import write_outputs
-
-        folder = Path(self.spec.out) / job.name
         t = time.perf_counter()
         self._log("start", job.name)
         # A job retried after its worker died may already have been written just before the death.
-        if incomplete_reason(folder, job) is None:
+        if incomplete_reason(self._store.child(job.name).location, job) is None:
             self._log("found", job.name)
             return self._outcome(job, "skipped", t, "already complete")
         try:
             result = make_stack(job, self.backend, self.options, self.spec.depth_model)
-            write_outputs(result, folder)
+            self._store.write_stack(result, job.name)
         except Exception as exc:  # noqa: BLE001 - one job's failure is recorded; the batch goes on
             reason = _one_line(str(exc)) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
             self._log("failed", job.name, seconds=time.perf_counter() - t, reason=_one_line(reason))
@@ -424,11 +432,7 @@ class JobRunner:
 
     def _log(self, event: str, job: str, **extra) -> None:
         record = {"event": event, "job": job, "worker": self.worker, "time": round(time.time(), 3), **extra}
-        self._log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._log_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._store.append_line(self._log_name, json.dumps(record))
 
 
 def make_stack(job: Job, backend, options, depth_model: Optional[str] = None):
@@ -521,9 +525,12 @@ def generate_options(backend, given: Optional[dict] = None):
 
 def read_attempts(out) -> list[dict]:
     """Every worker's attempt log under `<out>/.attempts/`, merged in time order."""
+    from .store import open_store
+
+    store = open_store(out)
     events = []
-    for path in sorted((Path(out) / ATTEMPTS_DIR).glob("*.jsonl")):
-        for raw in path.read_text(encoding="utf-8").splitlines():
+    for name in store.list(ATTEMPTS_DIR, ".jsonl"):
+        for raw in (store.read_text(f"{ATTEMPTS_DIR}/{name}") or "").splitlines():
             if raw.strip():
                 try:
                     events.append(json.loads(raw))
@@ -543,10 +550,13 @@ def _run_local(jobs: list[Job], spec: WorkerSpec, workers: int) -> Iterator[JobO
     import concurrent.futures as cf
     import multiprocessing
 
-    # spawn, not fork: a parent that has imported torch or holds threads must not be forked.
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                initializer=_init_pool_worker, initargs=(spec,)) as pool:
+    # spawn, not fork: a parent that has imported torch or holds threads must not be forked. The children read
+    # their thread limits from the environment they are started with (numpy loads its BLAS on import).
+    with _environment(thread_limits(max(1, (os.cpu_count() or 1) // workers))):
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                      initializer=_init_pool_worker, initargs=(spec,))
         futures = {pool.submit(_run_in_pool_worker, job): job for job in jobs}
+    with pool:
         for future in cf.as_completed(futures):
             job = futures[future]
             try:
@@ -568,6 +578,32 @@ def _run_in_pool_worker(job: Job) -> JobOutcome:
     return _POOL_RUNNER.run(job)
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def thread_limits(threads: int) -> dict[str, str]:
+    """Environment giving a worker process its share of the CPUs; a limit the user set wins.
+
+    N workers that each start a thread per core (numpy's BLAS, the matting's numba kernels, torch) oversubscribe
+    the machine, and spinning BLAS threads then slow every worker down several times.
+    """
+    return {name: os.environ.get(name, str(threads)) for name in THREAD_VARIABLES}
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class _RayWorker:
     """The body of a Ray actor: one JobRunner, its backend loaded when the actor starts (and restarts)."""
 
@@ -577,9 +613,6 @@ class _RayWorker:
 
     def run(self, job: Job) -> JobOutcome:
         return self.runner.run(job)
-
-    def ping(self) -> bool:
-        return True
 
 
 def _run_ray(jobs: list[Job], spec: WorkerSpec, workers: Optional[int], address: Optional[str],
@@ -601,7 +634,9 @@ def _run_ray(jobs: list[Job], spec: WorkerSpec, workers: Optional[int], address:
         actor_cls = ray.remote(num_cpus=0 if use_gpu else cpus_per_actor, num_gpus=1 if use_gpu else 0,
                                max_restarts=2, max_task_retries=2)(_RayWorker)
         prefix = f"layercake-batch-{os.getpid()}-{int(time.time() * 1000) % 10**8}"
-        actors = [actor_cls.options(name=f"{prefix}-{i}").remote(spec, f"{prefix}-{i}") for i in range(count)]
+        env = {} if use_gpu else thread_limits(max(1, int(cpus_per_actor)))
+        actors = [actor_cls.options(name=f"{prefix}-{i}", runtime_env={"env_vars": env}).remote(spec, f"{prefix}-{i}")
+                  for i in range(count)]
         yield from _stream_to_actors(ray, actors, jobs)
     finally:
         for actor in actors:
@@ -616,14 +651,15 @@ def _stream_to_actors(ray, actors: list, jobs: list[Job]) -> Iterator[JobOutcome
     resubmits: dict[str, int] = {}
     alive = set(range(len(actors)))
 
-    def feed(i: int) -> None:
+    def feed(i: int, depth: int = 2) -> None:
         # Two jobs per actor: the next one is already waiting when the current one ends.
-        while queue and sum(1 for _, a in in_flight.values() if a == i) < 2:
+        while queue and sum(1 for _, a in in_flight.values() if a == i) < depth:
             job = queue.popleft()
             in_flight[actors[i].run.remote(job)] = (job, i)
 
-    for i in range(len(actors)):
-        feed(i)
+    for depth in (1, 2):  # one job to every actor before a second to any
+        for i in range(len(actors)):
+            feed(i, depth)
     while in_flight:
         ready, _ = ray.wait(list(in_flight), num_returns=1)
         job, i = in_flight.pop(ready[0])
@@ -703,18 +739,15 @@ class BatchSummary:
                 "jobs": [o.row() for o in self.outcomes]}
 
 
-def check_out_dir(out) -> Path:
-    """The output folder, created; ValueError when it cannot be written (before any work is done)."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"output folder {path} is a file")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"output folder {path} cannot be written: {exc.strerror or exc}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"output folder {path} cannot be written")
-    return path.resolve()
+def check_out_dir(out) -> str:
+    """The output folder (a path or an fsspec URL), created; ValueError when it cannot be written.
+
+    Returns:
+        Its absolute location, as the workers get it.
+    """
+    from .store import open_store
+
+    return open_store(out).ensure_writable()
 
 
 def run_batch(job_list: JobList, out, settings: BatchSettings = BatchSettings(),
@@ -733,13 +766,15 @@ def run_batch(job_list: JobList, out, settings: BatchSettings = BatchSettings(),
     Raises:
         ValueError: the output folder cannot be written, or the executor cannot start.
     """
-    root = check_out_dir(out)
+    from .store import open_store
+
+    root = open_store(check_out_dir(out))
     t0 = time.perf_counter()
     total = len(job_list.jobs) + len(job_list.invalid)
     outcomes: dict[str, JobOutcome] = {}
     pending, known = [], list(job_list.invalid)
     for job in job_list.jobs:
-        if incomplete_reason(root / job.name, job) is None:
+        if incomplete_reason(root.child(job.name).location, job) is None:
             known.append(JobOutcome(job=job.name, line=job.line, status="skipped", folder=job.name,
                                     reason="already complete"))
         else:
@@ -755,7 +790,7 @@ def run_batch(job_list: JobList, out, settings: BatchSettings = BatchSettings(),
 
     for o in known:
         report(o)
-    spec = WorkerSpec(out=str(root), backend=settings.backend, backend_options=settings.backend_options,
+    spec = WorkerSpec(out=root.location, backend=settings.backend, backend_options=settings.backend_options,
                       options=settings.options, depth_model=settings.depth_model)
     if pending:
         if settings.executor == "ray":
@@ -770,21 +805,15 @@ def run_batch(job_list: JobList, out, settings: BatchSettings = BatchSettings(),
     return summary
 
 
-def write_summary(root: Path, summary: BatchSummary) -> None:
-    """Write batch.json and batch.csv, each replaced whole (a reader never sees half a summary)."""
+def write_summary(root, summary: BatchSummary) -> None:
+    """Write batch.json and batch.csv into a store, each replaced whole (a reader never sees half a summary)."""
     data = summary.to_dict()
-    _replace_text(root / "batch.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    root.replace_text("batch.json", json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(data["jobs"])
-    _replace_text(root / "batch.csv", buf.getvalue())
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    root.replace_text("batch.csv", buf.getvalue())
 
 
 __all__ = ["BatchSettings", "BatchSummary", "EXECUTORS", "Job", "JobList", "JobOutcome", "JobRunner", "WorkerSpec",

@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("batch", help="make a stack for every job of a job file; a rerun skips finished jobs")
     p.add_argument("jobs", type=Path, help="a folder of .txt prompts, or a .jsonl / .csv job file")
-    p.add_argument("--out", type=Path, required=True, help="output folder: one stack folder per job")
+    p.add_argument("--out", required=True, help="output folder, or an fsspec URL: one stack folder per job")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local processes (default) or Ray actors")
     p.add_argument("--workers", type=int, help="local: processes (default 1); ray: actors (default one per GPU)")
@@ -284,7 +284,7 @@ def _cmd_batch(args) -> int:
         summary = run_batch(job_list, args.out, settings, progress=bar)
     counts = summary.counts()
     print(", ".join(f"{n} {status}" for status, n in counts.items() if n) + f" in {summary.seconds:.1f} s -> "
-          f"{args.out / 'batch.csv'}")
+          f"{args.out.rstrip('/')}/batch.csv")
     for o in summary.outcomes:
         if o.status in ("failed", "invalid"):
             print(f"  {o.job}" + (f" (line {o.line})" if o.line else "") + f": {o.status}: {o.reason}")

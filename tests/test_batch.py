@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -306,3 +307,29 @@ def test_resume_after_a_kill_does_no_job_twice_and_loses_none(tmp_path):
     assert interrupted <= set(done) - set(finished)
     assert not [p for p in out.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp") and p.is_file()]
     assert "skipped" in proc.stdout and "batch.csv" in proc.stdout
+    # Not a terminal: one progress line per job instead of a bar.
+    assert [line.split()[0] for line in proc.stderr.splitlines() if line.startswith("[")] == [
+        f"[{k}/{len(names)}]" for k in range(1, len(names) + 1)]
+
+
+def test_results_at_an_fsspec_url_are_complete_and_resumed(tmp_path):
+    import fsspec
+
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", text_jobs(2))
+    url = f"memory://layercake-test-{os.getpid()}/batch"
+    listed = read_jobs(jobs)
+    assert main(["batch", str(jobs), "--out", url, "--backend", "draft", "--no-video"]) == 0
+    fs = fsspec.filesystem("memory")
+    root = url.removeprefix("memory://")
+    rows = list(csv.DictReader(io.StringIO(fs.cat_file(f"{root}/batch.csv").decode())))
+    assert [r["status"] for r in rows] == ["done", "done"]
+    for job in listed.jobs:
+        assert incomplete_reason(f"{url}/{job.name}", job) is None
+        assert fs.cat_file(f"{root}/{job.name}/layers/midground.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    # An upload cut short before its manifest is not a finished stack, and a rerun redoes only that one.
+    fs.rm_file(f"{root}/{listed.jobs[1].name}/manifest.json")
+    assert incomplete_reason(f"{url}/{listed.jobs[1].name}") == "no manifest.json"
+    summary = run_batch(listed, url, DRAFT)
+    assert [o.status for o in summary.outcomes] == ["skipped", "done"]
+    assert len([e for e in read_attempts(url) if e["event"] == "done"]) == 3
+    fs.rm(root, recursive=True)

@@ -54,8 +54,9 @@ def test_ray_gives_byte_identical_stacks_to_the_local_executor(local_ray, tmp_pa
     distributed = run_batch(listed, tmp_path / "ray", BatchSettings(executor="ray", workers=2, **common))
 
     assert [o.status for o in local.outcomes] == [o.status for o in distributed.outcomes] == ["done"] * 2
-    workers = {e["worker"] for e in read_attempts(tmp_path / "ray") if e["event"] == "done"}
-    assert len(workers) == 2, "both actors made stacks"
+    events = read_attempts(tmp_path / "ray")
+    workers = {e["worker"] for e in events if e["event"] == "done"}
+    assert len(workers) == 2, f"both actors made stacks: {events}"
     for job in listed.jobs:
         a, b = tmp_path / "local" / job.name, tmp_path / "ray" / job.name
         files = pngs(a)
