@@ -30,7 +30,7 @@ import unicodedata
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Union
 
 from .plan import LAYER_NAMES
 
@@ -70,8 +70,8 @@ class Job:
     """Picture job: the picture to decompose (absolute path)."""
     depth: Optional[str] = None
     """Picture job: an optional depth map for it (white = near)."""
-    layers: Optional[int] = None
-    """Picture job: how many layers to decompose it into (default: decompose's own)."""
+    layers: Optional[Union[int, str]] = None
+    """Picture job: how many layers to split it into, 2..6 or "auto" (default 3)."""
 
     @property
     def kind(self) -> str:
@@ -249,10 +249,13 @@ def _job_from_record(record: dict, line: int, base: Path, label: str) -> Job:
         image = _existing_file(record["image"], base, "image")
         depth = _existing_file(record["depth"], base, "depth map") if "depth" in record else None
         layers = None
-        if "layers" in record:
+        if str(record.get("layers", "")).strip().lower() == "auto":
+            layers = "auto"
+        elif "layers" in record:
             layers = _int(record["layers"], "layers")
             if not MIN_PICTURE_LAYERS <= layers <= MAX_PICTURE_LAYERS:
-                raise ValueError(f"layers {layers} is out of range {MIN_PICTURE_LAYERS}..{MAX_PICTURE_LAYERS}")
+                raise ValueError(f"layers {layers} is out of range {MIN_PICTURE_LAYERS}..{MAX_PICTURE_LAYERS} "
+                                 f"(or auto)")
         name = job_name(given_name or Path(image).stem)
         return Job(name=name, line=line, image=image, depth=depth, layers=layers,
                    seed=_int(record.get("seed", 0), "seed"))
@@ -338,7 +341,9 @@ def incomplete_reason(folder, job: Optional[Job] = None) -> Optional[str]:
         video = bool(manifest.get("options", {}).get("video", True))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         return f"manifest.json is not readable ({type(exc).__name__})"
-    needed = [rel for key, rel in files if key != "mp4" or video]
+    formats = manifest.get("options", {}).get("formats")  # exports chosen; absent = every one
+    needed = [rel for key, rel in files if (key != "mp4" or video)
+              and (formats is None or key in ("composite", "manifest") or key in formats)]
     for entry in layers:
         needed += [entry.get(k) for k in ("file", "depth_file", "prior_file") if entry.get(k)]
     for rel in needed:
@@ -462,7 +467,6 @@ def _picture_stack(job: Job, backend, options, depth_model: Optional[str] = None
     A backend that can repaint fills the hidden parts; otherwise they are filled offline.
     """
     import importlib
-    import math
 
     try:
         decompose = importlib.import_module(f"{__package__}.decompose")
@@ -470,10 +474,6 @@ def _picture_stack(job: Job, backend, options, depth_model: Optional[str] = None
         if exc.name != f"{__package__}.decompose":
             raise
         raise ValueError("picture jobs need layers.decompose") from None
-    from .depth import LayerDepth
-    from .pipeline import StackResult
-    from .plan import LayerPlan, ScenePlan
-
     picture = decompose.load_picture(job.image)
     if job.depth is not None:
         depth, source = decompose.load_depth(job.depth), "map"
@@ -481,21 +481,39 @@ def _picture_stack(job: Job, backend, options, depth_model: Optional[str] = None
         from .estimate import DEFAULT_DEPTH_MODEL, estimate_depth
 
         depth, source = estimate_depth(picture, model=depth_model or DEFAULT_DEPTH_MODEL), "reference"
+    from . import pipeline
+
+    if hasattr(pipeline, "decompose_picture"):  # the pipeline's own picture -> StackResult, where it has one
+        result = pipeline.decompose_picture(picture, depth, backend, layers=job.layers or 3, seed=job.seed,
+                                            options=options, depth_source=source)
+    else:
+        result = _decomposed_stack(decompose, picture, depth, backend, job, options, source)
+    # Which picture a folder holds: a rerun compares it before skipping the job.
+    result.render_info = {**result.render_info, "picture": job.image, "depth_map": job.depth}
+    return result
+
+
+def _decomposed_stack(decompose, picture, depth, backend, job: Job, options, source: str):
+    import math
+
+    from .depth import LayerDepth
+    from .pipeline import StackResult
+    from .plan import LayerPlan, ScenePlan
+
     session = _matte_session(options.matte_model) if options.matte_model else None
-    result = decompose.decompose(picture, depth, layers=job.layers or 3, backend=backend, seed=job.seed,
-                                 session=session)
+    split = decompose.decompose(picture, depth, layers=job.layers or 3, backend=backend, seed=job.seed,
+                                session=session)
     width, height = picture.size
     g = math.gcd(width, height)
-    # A picture has no prompt: the plan only names its layers, and the manifest says which picture it was.
+    # A picture has no prompt: the plan only names its layers.
     plan = ScenePlan(prompt="", seed=job.seed, width=width, height=height, aspect=f"{width // g}:{height // g}",
                      style="", figures=0, layers=tuple(LayerPlan(name=layer.name, prompt="", negative_prompt="",
-                                                                 seed=job.seed) for layer in result.stack))
-    depths = {layer.name: LayerDepth(name=layer.name, control=layer.depth, prior=result.visible[layer.name],
-                                     nearness=layer.nearness) for layer in result.stack}
-    info = {**result.info, "backend": getattr(backend, "name", None), "picture": job.image,
-            "depth_map": job.depth, "notices": list(result.notices)}
-    timings = {k: float(v) for k, v in result.info.get("timings", {}).items()}
-    return StackResult(plan=plan, depths=depths, stack=result.stack, render_info=info, options=options,
+                                                                 seed=job.seed) for layer in split.stack))
+    depths = {layer.name: LayerDepth(name=layer.name, control=layer.depth, prior=split.visible[layer.name],
+                                     nearness=layer.nearness) for layer in split.stack}
+    info = {"backend": getattr(backend, "name", None), "decompose": {**split.info, "notices": list(split.notices)}}
+    timings = {k: float(v) for k, v in split.info.get("timings", {}).items()}
+    return StackResult(plan=plan, depths=depths, stack=split.stack, render_info=info, options=options,
                        depth_source=source, timings=timings)
 
 

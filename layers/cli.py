@@ -101,7 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=60, help="frames in parallax.mp4 (default 60)")
     p.add_argument("--matte-model", help="rembg model name or .onnx under U2NET_HOME (default: offline matting)")
     p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
-    p.set_defaults(thresholds=None)
     return parser
 
 
@@ -271,10 +270,10 @@ def _cmd_batch(args) -> int:
     from .batch import BatchSettings, check_out_dir, read_jobs, run_batch
 
     # Only the options given travel to the workers: each fills in its own model's steps and guidance.
-    options = _options(args, backend=None).to_dict()
-    for key in ("steps", "guidance"):
-        if getattr(args, key) is None:
-            del options[key]
+    options = {"parallax": args.parallax, "frames": args.frames, "video": not args.no_video}
+    given = {"steps": args.steps, "guidance": args.guidance, "matte_model": args.matte_model,
+             "strengths": tuple(args.strength) if args.strength else None}
+    options.update({k: v for k, v in given.items() if v is not None})
     settings = BatchSettings(executor=args.executor, workers=args.workers, backend=args.backend,
                              backend_options=tuple(sorted(_model_options(args).items())), options=options,
                              ray_address=args.ray_address, depth_model=args.depth_model)

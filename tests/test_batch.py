@@ -78,8 +78,13 @@ def test_three_job_file_kinds(tmp_path):
     table = tmp_path / "jobs.csv"
     table.write_text('prompt,seed,width,height,midground_prompt,image,layers\n'
                      '"a hall, two knights",7,128,192,a masked dancer,,\n'
-                     ',,,,,pic.png,3\n', encoding="utf-8")
-    text, picture = read_jobs(table).jobs
+                     ',,,,,pic.png,3\n'
+                     ',,,,,pic.png,auto\n'
+                     ',,,,,pic.png,7\n', encoding="utf-8")
+    listed = read_jobs(table)
+    text, picture, auto = listed.jobs
+    assert auto.layers == "auto" and auto.name == "pic-2"
+    assert [(o.line, o.reason) for o in listed.invalid] == [(5, "layers 7 is out of range 2..6 (or auto)")]
     assert (text.prompt, text.seed, text.width, text.height) == ("a hall, two knights", 7, 128, 192)
     assert text.overrides == (("midground", "a masked dancer"),)
     assert (picture.kind, Path(picture.image), picture.layers, picture.name) == ("picture", tmp_path / "pic.png", 3,
@@ -237,6 +242,15 @@ def test_incomplete_folders_are_recognised_and_redone(tmp_path):
     assert [o.status for o in summary.outcomes] == ["skipped", "done", "done"]
     assert (a / "manifest.json").stat().st_mtime_ns == before, "a complete folder is not written again"
     assert all(incomplete_reason(out / j.name, j) is None for j in listed.jobs)
+
+    # A stack written with only some exports (manifest options "formats") is complete without the others.
+    manifest = json.loads((c / "manifest.json").read_text())
+    manifest["options"]["formats"] = ["psd"]
+    (c / "manifest.json").write_text(json.dumps(manifest))
+    (c / "stack.ora").unlink()
+    assert incomplete_reason(c) is None
+    (c / "stack.psd").unlink()
+    assert incomplete_reason(c) == "stack.psd is missing"
 
 
 def test_one_backend_per_worker_reused_for_every_job(tmp_path, tiny_sd15_dir):
