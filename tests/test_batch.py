@@ -347,3 +347,34 @@ def test_results_at_an_fsspec_url_are_complete_and_resumed(tmp_path):
     assert [o.status for o in summary.outcomes] == ["skipped", "done"]
     assert len([e for e in read_attempts(url) if e["event"] == "done"]) == 3
     fs.rm(root, recursive=True)
+
+
+def test_a_progress_bar_covers_the_batch_on_a_terminal(tmp_path):
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", text_jobs(2))
+    parent, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    proc = subprocess.Popen([sys.executable, "-m", "layers", "batch", str(jobs), "--out", str(tmp_path / "out"),
+                             "--backend", "draft", "--no-video"], cwd=ROOT, stdin=child, stdout=child, stderr=child)
+    os.close(child)
+    screen = b""
+    try:
+        while select.select([parent], [], [], 120)[0]:
+            try:
+                chunk = os.read(parent, 4096)
+            except OSError:  # the program ended and closed the terminal
+                break
+            if not chunk:
+                break
+            screen += chunk
+    finally:
+        proc.wait(timeout=60)
+        os.close(parent)
+    frames = [f for f in screen.decode(errors="replace").replace("\r", "\n").split("\n") if "job" in f]
+    assert proc.returncode == 0
+    assert any("0/2" in f for f in frames) and any("100%" in f and "2/2" in f for f in frames), frames
