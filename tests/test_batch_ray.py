@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from layers.batch import BatchSettings, incomplete_reason, read_attempts, read_jobs, run_batch
+from layers.cli import main
 
 SCENES = ["a castle on a hill, two knights, falling leaves", "a velvet hall, one dancer, glass shards",
           "a harbour at dusk, three sailors, drifting lanterns", "a library vault, a scholar, floating pages"]
@@ -49,11 +50,17 @@ def test_ray_gives_byte_identical_stacks_to_the_local_executor(local_ray, tmp_pa
         size, extra = {"width": 128, "height": 192}, {}
     jobs = write_jobs(tmp_path / "jobs.jsonl", [{"prompt": s, "seed": i, **size} for i, s in enumerate(SCENES[:2])])
     listed = read_jobs(jobs)
-    common = dict(backend=backend, options={"video": False, "steps": 2}, **extra)
-    local = run_batch(listed, tmp_path / "local", BatchSettings(**common))
-    distributed = run_batch(listed, tmp_path / "ray", BatchSettings(executor="ray", workers=2, **common))
+    if backend == "draft":  # as a user runs it; the command line finds the Ray this process started
+        for executor, out in (("local", "local"), ("ray", "ray")):
+            assert main(["batch", str(jobs), "--out", str(tmp_path / out), "--backend", "draft", "--no-video",
+                         "--executor", executor, "--workers", "2" if executor == "ray" else "1"]) == 0
+    else:
+        common = dict(backend=backend, options={"video": False, "steps": 2}, **extra)
+        run_batch(listed, tmp_path / "local", BatchSettings(**common))
+        run_batch(listed, tmp_path / "ray", BatchSettings(executor="ray", workers=2, **common))
 
-    assert [o.status for o in local.outcomes] == [o.status for o in distributed.outcomes] == ["done"] * 2
+    for out in ("local", "ray"):
+        assert [r["status"] for r in json.loads((tmp_path / out / "batch.json").read_text())["jobs"]] == ["done"] * 2
     events = read_attempts(tmp_path / "ray")
     workers = {e["worker"] for e in events if e["event"] == "done"}
     assert len(workers) == 2, f"both actors made stacks: {events}"
