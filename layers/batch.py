@@ -641,7 +641,11 @@ def _run_ray(jobs: list[Job], spec: WorkerSpec, workers: Optional[int], address:
         raise ValueError("--executor ray needs Ray: pip install -r requirements-ray.txt") from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=False)
+        try:
+            ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f" at {address}" if address else ""
+            raise ValueError(f"cannot start or reach Ray{where}: {_one_line(str(exc))[:300]}") from None
     actors = []
     try:
         resources = ray.cluster_resources()

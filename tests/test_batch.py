@@ -378,3 +378,15 @@ def test_a_progress_bar_covers_the_batch_on_a_terminal(tmp_path):
     frames = [f for f in screen.decode(errors="replace").replace("\r", "\n").split("\n") if "job" in f]
     assert proc.returncode == 0
     assert any("0/2" in f for f in frames) and any("100%" in f and "2/2" in f for f in frames), frames
+
+
+def test_no_ray_cluster_to_reach_exits_2_with_one_line(tmp_path):
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", text_jobs(1))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.run([sys.executable, "-m", "layers", "batch", str(jobs), "--out", str(tmp_path / "out"),
+                           "--backend", "draft", "--executor", "ray", "--ray-address", "auto"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot start or reach Ray at auto" in errors[0]
+    assert not any((tmp_path / "out").iterdir()), "no job ran"
