@@ -1,4 +1,4 @@
-"""Command line: python -m layers plan | generate | decompose | regenerate.
+"""Command line: python -m layers plan | generate | decompose | regenerate | batch.
 
 Bad input ends with one line naming the problem and exit code 2, before anything is written.
 """
@@ -126,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="the layer's new seed (default: a fresh one)")
     p.add_argument("--prompt", help="the layer's new prompt")
     backend_args(p, None)
+
+    p = sub.add_parser("batch", help="make a stack for every job of a job file; a rerun skips finished jobs")
+    p.add_argument("jobs", type=Path, help="a folder of .txt prompts, or a .jsonl / .csv job file")
+    p.add_argument("--out", required=True, help="output folder, or an fsspec URL: one stack folder per job")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local processes (default) or Ray actors")
+    p.add_argument("--workers", type=int, help="local: processes (default 1); ray: actors (default one per GPU)")
+    p.add_argument("--ray-address", help="Ray cluster address, or auto (default: a Ray started on this machine)")
+    backend_args(p, "auto")
+    p.add_argument("--depth-model", help="depth estimator for picture jobs without a depth map (hub id or folder)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--strength", type=float, nargs=3, metavar=("BG", "MG", "FG"), help="ControlNet strength per layer")
+    p.add_argument("--parallax", choices=CAMERA_PATHS, default="sway", help="camera path of parallax.mp4")
+    p.add_argument("--frames", type=int, default=60, help="frames in parallax.mp4 (default 60)")
+    p.add_argument("--matte-model", help="rembg model name or .onnx under U2NET_HOME (default: offline matting)")
+    p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
     return parser
 
 
@@ -134,7 +151,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         code = {"plan": _cmd_plan, "generate": _cmd_generate, "decompose": _cmd_decompose,
-                "regenerate": _cmd_regenerate}[args.command](args)
+                "regenerate": _cmd_regenerate, "batch": _cmd_batch}[args.command](args)
         sys.stdout.flush()  # a closed pipe shows up here, not at exit
         return code
     except BrokenPipeError:
@@ -385,6 +402,30 @@ def _hub_name(key: str, value) -> str:
     return text
 
 
+def _cmd_batch(args) -> int:
+    from .batch import BatchSettings, check_out_dir, read_jobs, run_batch
+
+    # Only the options given travel to the workers: each fills in its own model's steps and guidance.
+    options = {"parallax": args.parallax, "frames": args.frames, "video": not args.no_video}
+    given = {"steps": args.steps, "guidance": args.guidance, "matte_model": args.matte_model,
+             "strengths": tuple(args.strength) if args.strength else None}
+    options.update({k: v for k, v in given.items() if v is not None})
+    settings = BatchSettings(executor=args.executor, workers=args.workers, backend=args.backend,
+                             backend_options=tuple(sorted(_model_options(args).items())), options=options,
+                             ray_address=args.ray_address, depth_model=args.depth_model)
+    job_list = read_jobs(args.jobs)
+    check_out_dir(args.out)
+    with _BatchProgress(len(job_list.order)) as bar:
+        summary = run_batch(job_list, args.out, settings, progress=bar)
+    counts = summary.counts()
+    print(", ".join(f"{n} {status}" for status, n in counts.items() if n) + f" in {summary.seconds:.1f} s -> "
+          f"{args.out.rstrip('/')}/batch.csv")
+    for o in summary.outcomes:
+        if o.status in ("failed", "invalid"):
+            print(f"  {o.job}" + (f" (line {o.line})" if o.line else "") + f": {o.status}: {o.reason}")
+    return EXIT_FAILURE if counts["failed"] or counts["invalid"] else 0
+
+
 def _model_options(args) -> dict:
     return {k: getattr(args, k) for k in ("model", "controlnet", "device", "dtype") if getattr(args, k, None)}
 
@@ -433,3 +474,22 @@ class _ProgressBar:
         if self._bar is not None:
             self._bar.close()
         return False
+
+
+class _BatchProgress(_ProgressBar):
+    """One tick per finished job: a tqdm bar on a terminal, a line per job otherwise."""
+
+    def __init__(self, total: int):
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="job")
+
+    def __call__(self, outcome, finished: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.set_postfix_str(f"{outcome.job[:24]} {outcome.status}", refresh=False)
+            self._bar.update(finished - self._bar.n)
+        else:
+            print(f"[{finished}/{total}] {outcome.status} {outcome.job} {outcome.seconds:.1f} s", file=sys.stderr,
+                  flush=True)

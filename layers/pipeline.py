@@ -10,7 +10,6 @@ import dataclasses
 import datetime as _dt
 import functools
 import json
-import os
 import shutil
 import time
 import warnings
