@@ -615,6 +615,9 @@ def explain_bad_payloads(demo: gr.Blocks) -> gr.Blocks:
     async def preprocess_data(block_fn, inputs, state, *args, **kwargs):
         names = _input_names(block_fn)
         given = inputs if isinstance(inputs, list) else []
+        if 0 < len(given) < len(block_fn.inputs) and _optional_from(block_fn) <= len(given):
+            # A client written before the last inputs were added: they take their widgets' defaults.
+            inputs = given = given + [getattr(c, "value", None) for c in block_fn.inputs[len(given):]]
         if len(given) < len(block_fn.inputs):
             missing = ", ".join(names[len(given):])
             raise gr.Error(f"{len(block_fn.inputs)} input values are needed, got {len(given)}; missing: {missing}",
@@ -630,6 +633,18 @@ def explain_bad_payloads(demo: gr.Blocks) -> gr.Blocks:
 
     demo.preprocess_data = preprocess_data
     return demo
+
+
+def _optional_from(block_fn) -> int:
+    """How many leading inputs an API call must send: the rest are parameters with a default."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(block_fn.fn).parameters.values())[:len(block_fn.inputs)]
+    except (TypeError, ValueError):
+        return len(block_fn.inputs)
+    required = [i for i, p in enumerate(params) if p.default is inspect.Parameter.empty]
+    return (required[-1] + 1) if required else 0
 
 
 def _input_names(block_fn) -> list[str]:
