@@ -443,7 +443,10 @@ def _splat_sources(sx: np.ndarray, sy: np.ndarray, depth: np.ndarray, content: n
     """
     (ax, bx), (ay, by) = horizontal, vertical
     height, width = depth.shape
-    key = depth.ravel() + content.ravel().astype(np.float32) * np.float32(2.0)
+    # A 16-bit key (content first, then nearness in 2^15 steps): numpy sorts it by radix, several times faster
+    # than a float sort; depths closer than 1/32767 apart are a tie either way.
+    near = np.rint(np.clip(depth.ravel(), 0.0, 1.0) * np.float32(32767)).astype(np.uint16)
+    key = near + content.ravel().astype(np.uint16) * np.uint16(32768)
     order = np.argsort(key, kind="stable")
     src_y, src_x = np.divmod(order, width)
     n = depth.ravel()[order]
@@ -467,15 +470,19 @@ def _bilinear(image: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
     sy = np.clip(sy, 0.0, h - 1.0)
     x0 = np.minimum(sx.astype(np.intp), w - 2) if w > 1 else np.zeros(sx.shape, np.intp)
     y0 = np.minimum(sy.astype(np.intp), h - 2) if h > 1 else np.zeros(sy.shape, np.intp)
-    fx = (sx - x0)[..., None]
-    fy = (sy - y0)[..., None]
+    # float32 weights: ``sx - x0`` with an integer array would promote every product below to float64.
+    fx = (sx - x0).astype(np.float32)[..., None]
+    fy = (sy - y0).astype(np.float32)[..., None]
     flat = image.reshape(h * w, -1)
     base = y0 * w + x0
     dx = 1 if w > 1 else 0
     dy = w if h > 1 else 0
-    top = flat[base] * (1.0 - fx) + flat[base + dx] * fx
-    bottom = flat[base + dy] * (1.0 - fx) + flat[base + dy + dx] * fx
-    return (top * (1.0 - fy) + bottom * fy).astype(np.float32)
+    top = flat[base]
+    top += (flat[base + dx] - top) * fx
+    bottom = flat[base + dy]
+    bottom += (flat[base + dy + dx] - bottom) * fx
+    top += (bottom - top) * fy
+    return top.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------- video
