@@ -516,12 +516,14 @@ def build_picture_tab(studio: Studio, concurrency: int) -> None:
     @on_gpu
     @user_errors
     def decompose(image: Optional[str] = None, depth_map: Optional[str] = None, depth_source: str = "map",
-                  layers: str = "3", parallax: str = _DEFAULTS.parallax, seed: int = 0, progress=gr.Progress()):
+                  layers: str = "3", parallax: str = _DEFAULTS.parallax, seed: int = 0, unknown_zero: bool = False,
+                  progress=gr.Progress()):
         """Split a picture into depth layers (3 by default: background, midground, foreground), with what the
         nearer layers hide filled in (colour and depth), soft matted edges and per-pixel parallax.
 
         depth_source "map" uses depth_map (white = near: an 8/16-bit image, or .npy); "estimate" estimates it from
-        the picture. layers is "2".."6" or "auto". Returns the PSD, ORA, ZIP and MP4, the composite, the video,
+        the picture; unknown_zero reads 0 in the depth map as unknown (filled from the nearest known depth)
+        instead of far. layers is "2".."6" or "auto". Returns the PSD, ORA, ZIP and MP4, the composite, the video,
         the layers over a checkerboard, the depth maps (completed behind occluders), a JSON summary (thresholds,
         notices, run_id), a status line, the run state, then stack.glb and parallax.html.
         """
@@ -532,6 +534,7 @@ def build_picture_tab(studio: Studio, concurrency: int) -> None:
         options = GenerateOptions(parallax=parallax or _DEFAULTS.parallax, displacement=1.0)
         run = studio.decompose(image, depth_map=depth_map if depth_source == "map" else None,
                                layers=layers or "3", seed=_whole(seed, "seed", 0), options=options,
+                               unknown_zero=bool(unknown_zero),
                                progress=_progress_reporter(progress))
         files = run.files
         names = run.result.stack.names
@@ -560,6 +563,9 @@ def build_picture_tab(studio: Studio, concurrency: int) -> None:
                                     value="map", label="Depth source", elem_id="pic-depth-source")
             depth_file = gr.File(label="Depth map: 8/16-bit image (white = near) or .npy; a disparity map works",
                                  file_types=["image", ".npy"], type="filepath", elem_id="pic-depth", height=120)
+            unknown_zero = gr.Checkbox(False, label="0 in the depth map = unknown (stereo / Middlebury disparity)",
+                                       info="filled from the nearest known depth; unticked, 0 is the farthest",
+                                       elem_id="pic-unknown-zero")
             with gr.Row():
                 layers = gr.Dropdown(["auto", "2", "3", "4", "5", "6"], value="3", label="Layers", min_width=100,
                                      info="auto = split at the depth histogram's valleys")
@@ -595,7 +601,7 @@ def build_picture_tab(studio: Studio, concurrency: int) -> None:
                 with gr.Tab("Details"):
                     details = gr.JSON(label="Run summary", elem_id="pic-details")
     state = gr.State(None)
-    go.click(decompose, [image, depth_file, depth_source, layers, parallax, seed],
+    go.click(decompose, [image, depth_file, depth_source, layers, parallax, seed, unknown_zero],
              [*downloads[:4], composite, video, layer_gallery, depth_gallery, details, status, state, *downloads[4:]],
              api_name="decompose", concurrency_id="render", concurrency_limit=concurrency,
              show_progress_on=[viewer, composite]) \

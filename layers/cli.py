@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="its depth map: 8/16-bit PNG (white = near) or .npy (large = near); a disparity map works")
     depth.add_argument("--depth-model", help="estimate the depth with this model (hub id or local folder) "
                        "when no --depth-map is given (default: Depth Anything V2 small)")
+    p.add_argument("--unknown-zero", action="store_true",
+                   help="0 in the depth map means unknown (as stereo matchers and Middlebury disparity PNGs store "
+                   "it): filled from the nearest known depth; default: 0 is the farthest value")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--layers", type=_layer_count, default=3, help="2..6, or auto (split at the depth "
                    "histogram's deepest valleys); default 3")
@@ -325,9 +328,11 @@ def _cmd_decompose(args) -> int:
     options = GenerateOptions(parallax=args.parallax, frames=args.frames, video=not args.no_video,
                               displacement=0.0 if args.flat else 1.0, matte_model=args.matte_model,
                               **_export_options(args))
+    if args.unknown_zero and args.depth_map is None:
+        raise ValueError("--unknown-zero applies to a given depth map: pass --depth-map D with it")
     image = load_picture(args.image)
     if args.depth_map is not None:
-        depth, notices = prepare_depth(load_depth(args.depth_map), image.size)
+        depth, notices = prepare_depth(load_depth(args.depth_map), image.size, unknown_zero=args.unknown_zero)
         source = "map"
     else:
         from .estimate import DEFAULT_DEPTH_MODEL, estimate_depth

@@ -160,13 +160,15 @@ def load_depth(source) -> np.ndarray:
     return np.asarray(img.convert("L"), dtype=np.float32)
 
 
-def prepare_depth(depth, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
+def prepare_depth(depth, size: tuple[int, int], *, unknown_zero: bool = False) -> tuple[np.ndarray, list[str]]:
     """Check a depth map against the picture: numeric, 2-D, not constant; resized to ``size`` if needed.
 
     Args:
         depth: array-like (H, W), large = near, any range (NaN / inf = unknown, filled from the nearest
             known value).
         size: the picture's (width, height).
+        unknown_zero: 0 means unknown too (disparity maps from stereo matchers and Middlebury's PNGs store 0
+            where no disparity was found); False keeps 0 as the farthest value.
 
     Returns:
         (float32 (H, W) map stretched to [0, 1], notices).
@@ -178,11 +180,21 @@ def prepare_depth(depth, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
     if d.ndim != 2 or min(d.shape) < 2:
         raise ValueError(f"depth map must be a 2-D array (H, W), got shape {d.shape}")
     known = np.isfinite(d)
+    unknown_notice = None
+    if unknown_zero:
+        known &= d != 0
     if not known.any():
-        raise ValueError("depth map has no finite value")
+        raise ValueError("depth map has no known value (every pixel is 0 or not finite)" if unknown_zero
+                         else "depth map has no finite value")
     if not known.all():
         from scipy import ndimage
 
+        # Unknown pixels take the nearest known value: an unknown patch on a figure becomes the figure and one
+        # beside it its neighbour, where reading it as "far" would hand the figure's colours to the background.
+        share = 1.0 - float(np.count_nonzero(known)) / known.size
+        what = "0 or not finite" if unknown_zero else "not finite"
+        unknown_notice = (f"depth map: {share:.1%} of the pixels are unknown ({what}); "
+                          "filled from the nearest known depth")
         idx = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
         d = d[tuple(idx)]
     lo, hi = float(d.min()), float(d.max())
@@ -194,6 +206,8 @@ def prepare_depth(depth, size: tuple[int, int]) -> tuple[np.ndarray, list[str]]:
         notices.append(f"depth map is {d.shape[1]}x{d.shape[0]}, the image {width}x{height}: depth map resized")
         d = np.asarray(Image.fromarray(d, "F").resize((width, height), Image.BILINEAR), dtype=np.float32)
         d = np.clip(d, 0.0, 1.0)
+    if unknown_notice:
+        notices.append(unknown_notice)
     return d, notices
 
 
@@ -430,17 +444,21 @@ def _peel(rgb: np.ndarray, d: np.ndarray, band: np.ndarray, alphas, settings: De
             clear = (a <= eps) & shown
             back = push_pull(behind, clear * seen) if clear.any() else colour
             soft = shown & ~solid & ~clear
-            a3 = a[..., None]
+            # Only the soft edge needs solving (a thin band): work on its pixels alone.
+            a3, seen_px, back_px, colour_px = a[soft][:, None], behind[soft], back[soft], colour[soft]
             # Solve for the side with the larger weight, the other side estimated from its own solid pixels;
             # then re-solve the estimated side from the (clipped) solution: exact unless both saturate.
-            layer_side = (soft & (a >= 0.5))[..., None]
+            layer_side = a3 >= 0.5
             inv_a, inv_rest = 1.0 / np.maximum(a3, eps), 1.0 / np.maximum(1.0 - a3, eps)
-            f = np.clip((behind - (1.0 - a3) * back) * inv_a, 0.0, 1.0)
-            b = np.clip((behind - a3 * colour) * inv_rest, 0.0, 1.0)
-            b = np.where(layer_side, np.where(a3 > 1.0 - eps, back, np.clip((behind - a3 * f) * inv_rest, 0.0, 1.0)), b)
-            f = np.where(layer_side, f, np.clip((behind - (1.0 - a3) * b) * inv_a, 0.0, 1.0))
-            layer_colour = np.where(solid[..., None], behind, np.where(soft[..., None], f, colour))
-            new_behind = np.where(clear[..., None], behind, np.where(soft[..., None], b, behind))
+            f = np.clip((seen_px - (1.0 - a3) * back_px) * inv_a, 0.0, 1.0)
+            b = np.clip((seen_px - a3 * colour_px) * inv_rest, 0.0, 1.0)
+            b = np.where(layer_side, np.where(a3 > 1.0 - eps, back_px,
+                                              np.clip((seen_px - a3 * f) * inv_rest, 0.0, 1.0)), b)
+            f = np.where(layer_side, f, np.clip((seen_px - (1.0 - a3) * b) * inv_a, 0.0, 1.0))
+            layer_colour = np.where(solid[..., None], behind, colour)
+            layer_colour[soft] = f
+            new_behind = behind.copy()
+            new_behind[soft] = b
         else:
             layer_colour = np.where(shown[..., None], behind, colour)
             new_behind = behind

@@ -331,7 +331,7 @@ class Studio:
                           overrides=overrides or None, progress=progress)
         return self._finish(run_id, folder, result, progress, t0)
 
-    def decompose(self, image, *, depth_map=None, layers="3", seed: int = 0,
+    def decompose(self, image, *, depth_map=None, layers="3", seed: int = 0, unknown_zero: bool = False,
                   options: GenerateOptions = GenerateOptions(displacement=1.0),
                   progress: Optional[Progress] = None) -> Run:
         """Split an uploaded picture into depth layers (filled behind) in a new folder of its own.
@@ -340,6 +340,7 @@ class Studio:
             image: path of the uploaded picture.
             depth_map: path of its depth map (image, white = near, or .npy); None estimates it from the picture.
             layers: "2".."6" or "auto".
+            unknown_zero: 0 in the depth map means unknown (filled from the nearest known depth), not far.
             seed: seed of model-mode inpainting.
             options: export settings (parallax path, per-pixel displacement).
             progress: called with (fraction, description).
@@ -371,7 +372,7 @@ class Studio:
             except ValueError as exc:
                 raise ValueError(f"no depth map: upload one (white = near), or make the estimator available "
                                  f"({exc})") from None
-        depth, notices = prepare_depth(depth, picture.size)
+        depth, notices = prepare_depth(depth, picture.size, unknown_zero=bool(unknown_zero) and source == "map")
         backend = self.backend if callable(getattr(self.backend, "repaint", None)) else None
         run_id = uuid.uuid4().hex
         self.cleanup()

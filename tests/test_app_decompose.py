@@ -68,3 +68,14 @@ def test_bad_uploads_get_one_line_and_the_server_keeps_serving(client, files, ca
     message = error_of(lambda: client.predict(**args, api_name="/decompose"))
     assert needle in message and "Traceback" not in message
     assert client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+
+
+def test_unknown_zero_checkbox_reads_zero_as_unknown(client, files):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/decompose"]
+    assert any(p["parameter_name"] == "unknown_zero" and p["parameter_default"] is False for p in info["parameters"])
+    out = client.predict(image=handle_file(str(files / "moto.png")), depth_map=handle_file(str(files / "disp.png")),
+                         unknown_zero=True, api_name="/decompose")
+    assert "of the pixels are unknown (0 or not finite); filled from the nearest known depth" in out[STATUS]
+    composite = np.asarray(Image.open(out[COMPOSITE]).convert("RGB"), np.float64)
+    picture = np.asarray(Image.open(files / "moto.png"), np.float64)
+    assert 10 * np.log10(255 ** 2 / max(np.mean((composite - picture) ** 2), 1e-12)) >= 40.0

@@ -256,3 +256,19 @@ def test_explicit_thresholds_are_used_and_checked(motorcycle):
     for bad in ((0.6, 0.3), (0.0, 0.5), (0.5, 1.0), ()):
         with pytest.raises(ValueError, match="thresholds"):
             decompose(img, disp, thresholds=bad)
+
+
+def test_zero_is_far_by_default_and_unknown_when_asked():
+    # A near square on a far floor; a stereo matcher left 0 (no match) on part of the square and of the floor.
+    depth = np.full((40, 60), 10.0, np.float32)
+    depth[10:30, 20:40] = 50.0
+    depth[15:20, 25:30] = 0.0    # unknown on the square
+    depth[0:4, 0:6] = 0.0        # unknown on the floor
+    d, notices = prepare_depth(depth, (60, 40))
+    assert d[17, 27] == 0.0 and d[1, 1] == 0.0 and not notices  # the default: 0 is the farthest value
+    d, notices = prepare_depth(depth, (60, 40), unknown_zero=True)
+    assert d[17, 27] == 1.0 and d[1, 1] == 0.0  # each unknown patch takes its surroundings' depth
+    assert d[10:30, 20:40].min() == 1.0
+    assert len(notices) == 1 and "2.0% of the pixels are unknown" in notices[0]
+    with pytest.raises(ValueError, match="no known value"):
+        prepare_depth(np.zeros((40, 60)), (60, 40), unknown_zero=True)

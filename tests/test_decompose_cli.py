@@ -203,3 +203,37 @@ def test_a_tampered_picture_stack_is_refused_in_one_line(decomposed, tmp_path, c
     assert len(lines) == 1 and needle in lines[0], lines
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert not list(tmp_path.parent.rglob("pwned*"))
+
+
+def _paint_red_on_the_bike(layer_png: Path) -> float:
+    """Share of the motorcycle's area (known disparity >= 35 px, eroded) where a layer shows its red paint."""
+    from scipy import ndimage
+    from skimage import data
+
+    disparity = data.stereo_motorcycle()[2][::2, ::2][:250, :370]
+    bike = ndimage.binary_erosion(np.nan_to_num(disparity, nan=0.0, posinf=0.0) >= 35, iterations=3)
+    rgb = np.asarray(Image.open(layer_png).convert("RGB"), np.int32)
+    red = (rgb[..., 0] > rgb[..., 1] + 40) & (rgb[..., 0] > rgb[..., 2] + 40)
+    return float(red[bike].mean())
+
+
+def test_unknown_zero_keeps_the_bike_out_of_the_background(picture, decomposed, tmp_path, capsys):
+    # disp.png stores 0 where Middlebury has no disparity (7% of the pixels, many on the bike's edges).
+    out = tmp_path / "unknown"
+    code = main(["decompose", "--image", str(picture / "moto.png"), "--depth-map", str(picture / "disp.png"),
+                 "--unknown-zero", "--out", str(out), "--backend", "draft", "--no-video"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "% of the pixels are unknown (0 or not finite); filled from the nearest known depth" in err
+    # Read as far (the default), the unknown pixels on the bike become background and its fill carries the
+    # bike's red paint behind the bike; read as unknown, the background behind the bike holds almost none.
+    ghosts = _paint_red_on_the_bike(decomposed / "layers/background.png")
+    clean = _paint_red_on_the_bike(out / "layers/background.png")
+    assert ghosts > 0.03 and clean < 0.01, (ghosts, clean)
+
+
+def test_unknown_zero_needs_a_depth_map(picture, tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["decompose", "--image", str(picture / "moto.png"), "--unknown-zero", "--out", str(out)])
+    assert code == 2 and not out.exists()
+    assert "--unknown-zero applies to a given depth map" in capsys.readouterr().err
