@@ -47,8 +47,7 @@ void main() {
     float d = depthAt(src);
     src = 0.5 + (vUv - 0.5 - uShift * d) / (uAmount > 0.0 ? 1.0 + 2.0 * uAmount * d + 0.01 : 1.0);
   }
-  vec4 c = texture2D(uColor, src);
-  gl_FragColor = vec4(c.rgb * c.a, c.a);
+  gl_FragColor = texture2D(uColor, src);  // premultiplied: blended with ONE, ONE_MINUS_SRC_ALPHA
 }`;
 
 function compile(gl, type, source) {
@@ -62,7 +61,9 @@ function compile(gl, type, source) {
 function texture(gl, image) {
   const tex = gl.createTexture();
   gl.bindTexture(gl.TEXTURE_2D, tex);
-  gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, false);
+  // Premultiplied, so that linear filtering at a layer's edge mixes colour with transparency, not with the black
+  // of transparent pixels (a dark fringe round every figure while it moves). Depth maps are opaque: unchanged.
+  gl.pixelStorei(gl.UNPACK_PREMULTIPLY_ALPHA_WEBGL, true);
   gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGBA, gl.RGBA, gl.UNSIGNED_BYTE, image);
   gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MIN_FILTER, gl.LINEAR);
   gl.texParameteri(gl.TEXTURE_2D, gl.TEXTURE_MAG_FILTER, gl.LINEAR);
