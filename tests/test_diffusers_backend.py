@@ -444,3 +444,18 @@ def test_the_progress_bar_says_which_step_runs_and_when_the_pictures_are_decoded
                          "step 4/4"]
         fractions = [f for f, _ in seen]
         assert fractions == sorted(fractions) and len(set(fractions)) == len(fractions)
+
+
+def test_on_a_cpu_the_unet_and_controlnet_run_channels_last_and_render_the_same_pictures(sd15, sd15_stack):
+    assert sd15.model_info["memory_format"] == "channels_last"
+    for model in (sd15.pipe.unet, sd15.pipe.controlnet):
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    try:
+        for model in (sd15.pipe.unet, sd15.pipe.controlnet):
+            model.to(memory_format=torch.contiguous_format)
+        contiguous = sd15.render(requests(), SETTINGS)
+    finally:
+        for model in (sd15.pipe.unet, sd15.pipe.controlnet):
+            model.to(memory_format=torch.channels_last)
+    assert all(max_diff(x, y) <= 2 for x, y in zip(pixels(contiguous), pixels(sd15_stack)))
