@@ -191,15 +191,19 @@ def assert_moves_within_every_step_and_while_decoding(calls, label, steps):
     assert step_text(mine[0], steps) == f"step 1/{steps}" and step_text(steps, steps) == f"step {steps}/{steps}"
 
 
-def test_progress_moves_within_each_step_and_during_the_vae_decoding(sd15, monkeypatch):
-    monkeypatch.setattr(sd15, "progress_interval", 0.0)  # a tiny model's steps take milliseconds
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_progress_moves_within_each_step_and_during_the_vae_decoding(family, request, monkeypatch):
+    backend = request.getfixturevalue(family)
+    monkeypatch.setattr(backend, "progress_interval", 0.0)  # a tiny model's steps take milliseconds
     calls = []
-    sd15.render(requests(), SETTINGS, progress=lambda *a: calls.append(a))
+    backend.render(requests(), SETTINGS, progress=lambda *a: calls.append(a))
     assert_moves_within_every_step_and_while_decoding(calls, "background+midground+foreground", STEPS)
-    # the blocks were unhooked after the call: a render without progress reports nothing, one with it as above
-    assert not any(m._forward_hooks for m in sd15.pipe.unet.up_blocks)
+    # the hooks live for one call (the ControlNet keeps only its own per-layer strength hook)
+    pipe = backend.pipe
+    hooked = [m for model in (pipe.unet, pipe.controlnet, pipe.vae) for m in model.modules() if m._forward_hooks]
+    assert hooked == [pipe.controlnet]
     calls.clear()
-    sd15.render(requests()[:1], SETTINGS, progress=lambda *a: calls.append(a))
+    backend.render(requests()[:1], SETTINGS, progress=lambda *a: calls.append(a))
     assert_moves_within_every_step_and_while_decoding(calls, "background", STEPS)
 
 
