@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .backends.base import RenderRequest, RenderSettings, RepaintRequest
+from .backends.base import RenderRequest, RenderSettings, RepaintRequest, step_text
 from .decompose import Decomposition, decompose
 from .depth import LayerDepth
 from .fill import push_pull
@@ -266,7 +266,7 @@ def _png16(depth) -> np.ndarray:
 
 def _steps(report, lo: float, hi: float, what: str):
     def on_step(label: str, step: int, total: int) -> None:
-        report(lo + (hi - lo) * step / max(total, 1), f"{what}: step {step}/{total}")
+        report(lo + (hi - lo) * step / max(total, 1), f"{what}: {step_text(step, total)}")
 
     return on_step
 

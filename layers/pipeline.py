@@ -22,6 +22,7 @@ from PIL import Image
 
 from . import __version__, folders
 from .backends import Backend, ModelUnavailableError, RenderRequest, RenderSettings
+from .backends.base import step_text
 from .compose import (CLOSED_FORM, COMPOSITIONS, DEFAULT_MATTE_MODEL, ComposeSettings, compose_stack, load_estimator,
                       recompose_layer)
 from .depth import DepthSettings, LayerDepth, build_depth_maps
@@ -443,7 +444,7 @@ def _render_progress(report: Progress):
         done = step / max(total, 1)
         if layer in LAYER_NAMES:
             done = (LAYER_NAMES.index(layer) + done) / len(LAYER_NAMES)
-        report(lo + (hi - lo) * done, f"{layer}: step {step}/{total}")
+        report(lo + (hi - lo) * done, f"{layer}: {step_text(step, total)}")
 
     return on_step
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from layers.backends.base import ModelUnavailableError, RenderRequest, RenderSettings
+from layers.backends.base import ModelUnavailableError, RenderRequest, RenderSettings, step_text
 from layers.backends.diffusers import (ISOLATION_NEGATIVE, ISOLATION_PROMPT, PRESETS, DiffusersBackend,
                                        RenderMemoryError, _control_image, _isolated)
 
@@ -162,16 +162,56 @@ def test_midground_and_foreground_are_prompted_as_isolated_subjects(sd15_stack):
     assert _isolated(framed) == (framed.prompt, framed.negative_prompt)
 
 
+def whole_steps(calls):
+    return [c for c in calls if c[1] == int(c[1])]
+
+
 def test_progress_reports_every_step_of_the_batch_and_of_each_layer_one_by_one(sd15, tiny_sd15_dir):
     calls = []
     sd15.render(requests(), SETTINGS, progress=lambda *a: calls.append(a))
-    assert calls == [("background+midground+foreground", s, STEPS) for s in range(1, STEPS + 1)]
+    assert whole_steps(calls) == [("background+midground+foreground", s, STEPS) for s in range(1, STEPS + 1)]
 
     one_by_one = DiffusersBackend(model=str(tiny_sd15_dir), batch="one_by_one")
     calls.clear()
     result = one_by_one.render(requests(), SETTINGS, progress=lambda *a: calls.append(a))
-    assert calls == [(n, s, STEPS) for n in NAMES for s in range(1, STEPS + 1)]
+    assert whole_steps(calls) == [(n, s, STEPS) for n in NAMES for s in range(1, STEPS + 1)]
     assert result.info["batching"] == "one_by_one"
+
+
+def assert_moves_within_every_step_and_while_decoding(calls, label, steps):
+    """What a progress bar shows when a step takes seconds: it moves inside every step and during the decoding,
+    never backwards, and says "decoding" while the pictures are decoded."""
+    mine = [step for name, step, total in calls if name == label and total == steps]
+    assert mine == sorted(mine) and mine[-1] == steps
+    for k in range(1, steps + 1):
+        inside = [s for s in mine if k - 1 < s < k]
+        assert len(inside) >= 3, (k, mine)
+    decoding = [s for s in mine if step_text(s, steps) == "decoding"]
+    assert len(decoding) >= 3 and all(steps - 1 < s < steps for s in decoding)
+    assert step_text(mine[0], steps) == f"step 1/{steps}" and step_text(steps, steps) == f"step {steps}/{steps}"
+
+
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_progress_moves_within_each_step_and_during_the_vae_decoding(family, request, monkeypatch):
+    backend = request.getfixturevalue(family)
+    monkeypatch.setattr(backend, "progress_interval", 0.0)  # a tiny model's steps take milliseconds
+    calls = []
+    backend.render(requests(), SETTINGS, progress=lambda *a: calls.append(a))
+    assert_moves_within_every_step_and_while_decoding(calls, "background+midground+foreground", STEPS)
+    # the hooks live for one call (the ControlNet keeps only its own per-layer strength hook)
+    pipe = backend.pipe
+    hooked = [m for model in (pipe.unet, pipe.controlnet, pipe.vae) for m in model.modules() if m._forward_hooks]
+    assert hooked == [pipe.controlnet]
+    calls.clear()
+    backend.render(requests()[:1], SETTINGS, progress=lambda *a: calls.append(a))
+    assert_moves_within_every_step_and_while_decoding(calls, "background", STEPS)
+
+
+def test_progress_within_a_step_is_at_most_one_report_per_interval(sd15, monkeypatch):
+    monkeypatch.setattr(sd15, "progress_interval", 3600.0)
+    calls = []
+    sd15.render(requests(), SETTINGS, progress=lambda *a: calls.append(a))
+    assert calls == [("background+midground+foreground", s, STEPS) for s in range(1, STEPS + 1)]
 
 
 def test_out_of_memory_in_the_batch_falls_back_to_one_layer_at_a_time(sd15, sd15_stack):
@@ -392,3 +432,34 @@ def test_a_pipeline_built_in_code_renders_the_same_through_from_pipeline(sd15, s
     assert all(max_diff(x, y) == 0 for x, y in zip(pixels(result),
                                                     pixels(sd15.render(requests(strengths=(1.0, 0.3, 1.0)), SETTINGS))))
     assert len(sd15.pipe.controlnet._forward_hooks) == 1  # both backends share one strength hook
+
+
+def test_the_progress_bar_says_which_step_runs_and_when_the_pictures_are_decoded():
+    from layers.compose import _steps
+    from layers.pipeline import _render_progress
+
+    for make in (lambda report: _render_progress(report), lambda report: _steps(report, 0.4, 0.75, "layers")):
+        seen = []
+        on_step = make(lambda fraction, text: seen.append((fraction, text)))
+        for step in (0.5, 1, 1.5, 2, 3.2, 3.5, 3.9, 4):
+            on_step("background+midground+foreground", step, 4)
+        texts = [t.split(": ")[-1] for _, t in seen]
+        assert texts == ["step 1/4", "step 1/4", "step 2/4", "step 2/4", "step 4/4", "decoding", "decoding",
+                         "step 4/4"]
+        fractions = [f for f, _ in seen]
+        assert fractions == sorted(fractions) and len(set(fractions)) == len(fractions)
+
+
+def test_on_a_cpu_the_unet_and_controlnet_run_channels_last_and_render_the_same_pictures(sd15, sd15_stack):
+    assert sd15.model_info["memory_format"] == "channels_last"
+    for model in (sd15.pipe.unet, sd15.pipe.controlnet):
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    try:
+        for model in (sd15.pipe.unet, sd15.pipe.controlnet):
+            model.to(memory_format=torch.contiguous_format)
+        contiguous = sd15.render(requests(), SETTINGS)
+    finally:
+        for model in (sd15.pipe.unet, sd15.pipe.controlnet):
+            model.to(memory_format=torch.channels_last)
+    assert all(max_diff(x, y) <= 2 for x, y in zip(pixels(contiguous), pixels(sd15_stack)))

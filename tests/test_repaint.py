@@ -176,6 +176,19 @@ def test_long_prompts_reach_the_repaint_beyond_77_tokens(family, request):
     assert a.info["layers"]["background"]["chunks"] == 2 and a.info["layers"]["background"]["truncated_tokens"] == 0
 
 
+def test_repainting_reports_progress_within_each_step_and_while_decoding(sd15, monkeypatch):
+    from test_diffusers_backend import assert_moves_within_every_step_and_while_decoding
+
+    monkeypatch.setattr(sd15, "progress_interval", 0.0)
+    mask = np.zeros((H, W), np.float32)
+    mask[:, : W // 2] = 1.0
+    calls = []
+    sd15.repaint([req("midground", denoise=1.0, seed=3), req("foreground", denoise=1.0, seed=4),
+                  req("background", mask=mask, denoise=1.0)], SETTINGS, progress=lambda *a: calls.append(a))
+    assert_moves_within_every_step_and_while_decoding(calls, "midground+foreground", STEPS)  # img2img
+    assert_moves_within_every_step_and_while_decoding(calls, "background", STEPS)  # inpaint
+
+
 def test_out_of_memory_in_the_batch_falls_back_to_one_picture_at_a_time(sd15):
     reqs = [req("background", mask=RIGHT_HALF, seed=1), req("midground", seed=2, mask=1 - RIGHT_HALF)]
     batched = sd15.repaint(reqs, SETTINGS)

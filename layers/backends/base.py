@@ -6,9 +6,25 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
-ProgressCallback = Callable[[str, int, int], None]
+ProgressCallback = Callable[[str, float, int], None]
 """progress(layer_name_or_names, step, total_steps). layer is a layer name, or "background+midground+foreground"
-when the layers are rendered in one batch. Called at least once per layer (or per batch) with step == total."""
+when the layers are rendered in one batch. Called exactly once per denoising step with the whole number of steps
+done (1 .. total), the last one (step == total) once the pictures are ready. A backend whose steps take seconds
+(a model on a CPU) also reports in between, with a fractional step: k - 1 < step < k while step k runs; within
+the last step the first DENOISE_SHARE is its denoising and the rest the decoding of the latents into pictures
+(which costs about two steps of a batch on a CPU). `step_text` says which in words."""
+
+DENOISE_SHARE = 1 / 3
+"""Of the last step's span in a progress report, the part its denoising takes; the decoding takes the rest."""
+
+
+def step_text(step: float, total: int) -> str:
+    """A progress report in words: "step 3/4" while (or once) step 3 of 4 runs, "decoding" while the latents are
+    turned into pictures (see ProgressCallback)."""
+    whole = int(step)
+    if step != whole and step > total - 1 + DENOISE_SHARE:
+        return "decoding"
+    return f"step {whole if step == whole else whole + 1}/{total}"
 
 
 @dataclass(frozen=True)

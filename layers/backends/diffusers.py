@@ -25,6 +25,7 @@ copy of the weights; the same long-prompt encoding, per-item strength and memory
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -39,8 +40,8 @@ from PIL import Image
 
 from ..images import check_unit_map
 from ..models import ModelSource, hub_offline, load_pretrained, parse_model_source
-from .base import (ModelUnavailableError, ProgressCallback, RenderRequest, RenderResult, RenderSettings,
-                   RepaintRequest)
+from .base import (DENOISE_SHARE, ModelUnavailableError, ProgressCallback, RenderRequest, RenderResult,
+                   RenderSettings, RepaintRequest)
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +111,13 @@ FALLBACK_SCALES = (0.75, 0.5)
 """Side scales tried, one layer at a time, when even one full-size layer does not fit in memory."""
 TILING_PIXELS = 1536 * 1536
 """Above this many pixels per image the VAE decodes in tiles on an accelerator (tiling="auto")."""
+
+
+CHANNELS_LAST_MODELS = ("unet", "controlnet")
+"""The models kept in channels-last memory layout on a CPU: one UNet + ControlNet step of the 3-layer batch at
+512x768 in bfloat16 takes 15% less CPU time so (bench/bench_cpu_speedups.py, README "Benchmarks")."""
+PROGRESS_INTERVAL = 0.5
+"""Least seconds between two progress reports within a step (whole steps are always reported)."""
 
 
 class RenderMemoryError(ValueError):
@@ -214,6 +222,100 @@ class _ResidualScaler:
         return output
 
 
+class _StepTicks:
+    """Progress within the denoising steps and during the VAE decoding (see base.ProgressCallback).
+
+    On a CPU one step of a batch takes many seconds and the decoding longer still, so once-per-step reports leave a
+    progress bar standing. Forward hooks on the ResNet and transformer blocks of the UNet and the ControlNet (each
+    runs once per step; a whole up-block of the UNet at full resolution took 5-7 s of a 20 s step) and
+    on the ResNet blocks of the VAE decoder (each runs once per decoded image or tile) count how far the work has
+    got; the count becomes a fractional step, reported at most once per `interval` seconds. Whole steps go through
+    `step_done`, the last one through `finish` once the pictures are decoded. The hooks live for one pipeline call
+    (a context manager)."""
+
+    def __init__(self, pipe, label: str, progress: ProgressCallback, interval: float, images: int,
+                 size: tuple[int, int]):
+        self.pipe, self.label, self.progress, self.interval = pipe, label, progress, interval
+        unet, cn, decoder = pipe.unet, pipe.controlnet, pipe.vae.decoder
+        self._step_blocks = [part for m in (*unet.down_blocks, unet.mid_block, *unet.up_blocks, *cn.down_blocks,
+                                            cn.mid_block) if m is not None for part in _parts(m)]
+        self._decode_blocks = [r for block in (decoder.mid_block, *decoder.up_blocks) if block is not None
+                               for r in getattr(block, "resnets", ())]
+        vae = pipe.vae
+        passes = images if getattr(vae, "use_slicing", False) else 1
+        self._decode_ticks = max(1, len(self._decode_blocks) * passes * _tiles(vae, size, pipe.vae_scale_factor))
+        self._handles: list = []
+        self.done = 0
+        self._ticks = 0
+        self._decoding = False
+        self._last = time.perf_counter()
+
+    def __enter__(self):
+        self._handles = [m.register_forward_hook(self._step_tick) for m in self._step_blocks]
+        self._handles += [m.register_forward_hook(self._decode_tick) for m in self._decode_blocks]
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return False
+
+    def _report(self, step: float, total: int, *, always: bool = False):
+        now = time.perf_counter()
+        if always or now - self._last >= self.interval:
+            self._last = now
+            self.progress(self.label, step, total)
+
+    def _step_tick(self, module, args, output):
+        total = self.pipe.num_timesteps
+        self._ticks += 1
+        if self._decoding or self.done >= total or (self._ticks >= len(self._step_blocks) and self.done < total - 1):
+            return  # the step's end is reported as a whole step
+        share = DENOISE_SHARE if self.done == total - 1 else 1.0
+        self._report(self.done + share * min(self._ticks / len(self._step_blocks), 0.99), total)
+
+    def _decode_tick(self, module, args, output):
+        if not self._decoding:
+            return
+        self._ticks += 1
+        if self._ticks >= self._decode_ticks:
+            return
+        total = self.pipe.num_timesteps
+        self._report(total - 1 + DENOISE_SHARE + (1 - DENOISE_SHARE) * self._ticks / self._decode_ticks, total)
+
+    def step_done(self, step: int, total: int):
+        """Step `step` (1-based) of `total` has finished denoising."""
+        self.done, self._ticks = step, 0
+        if step < total:
+            self._report(step, total, always=True)
+        else:
+            self._decoding = True
+
+    def finish(self, total: int):
+        """The pictures are decoded: the last whole step."""
+        self._report(total, total, always=True)
+
+
+def _parts(block) -> list:
+    """A UNet or ControlNet block's ResNet and transformer blocks (each a progress tick), or the block itself."""
+    return [*(getattr(block, "resnets", None) or ()), *(getattr(block, "attentions", None) or ())] or [block]
+
+
+def _tiles(vae, size: tuple[int, int], scale: int) -> int:
+    """How many tiles the VAE decodes one width x height image in (1 without tiling), for the progress count."""
+    if not getattr(vae, "use_tiling", False):
+        return 1
+    size = getattr(vae, "tile_latent_min_size", 0)
+    overlap = int(size * (1 - getattr(vae, "tile_overlap_factor", 0.25)))
+    if size <= 0 or overlap <= 0:
+        return 1
+    latent_w, latent_h = size[0] // scale, size[1] // scale
+    if latent_h <= size and latent_w <= size:
+        return 1
+    return -(-latent_h // overlap) * -(-latent_w // overlap)
+
+
 @dataclass
 class _Encoded:
     """One text's conditioning, chunk by chunk."""
@@ -255,6 +357,8 @@ class DiffusersBackend:
         defaults: {"steps", "guidance"} that suit the model (the preset's; 4 / 8.0 for a few-step model).
         count_tokens: the model's own tokenizer count, for the planner.
         token_budget: the longest layer prompt conditioned in full (max_prompt_chunks chunks).
+        progress_interval: least seconds between two reports within a step (PROGRESS_INTERVAL; 0 reports every
+            block of the UNet, ControlNet and VAE decoder).
     """
 
     name = "diffusers"
@@ -371,11 +475,13 @@ class DiffusersBackend:
         self._commas: dict[int, set] = {}
         self._pipeline_seconds = 0.0
         self._repaint_pipes: dict[str, Any] = {}
+        self.progress_interval = PROGRESS_INTERVAL
         pipe.set_progress_bar_config(disable=True)
         if offload is None:
             placement = "as given"
         else:
             placement = self._place(offload)
+        memory_format = self._cpu_layout() if self._device.type == "cpu" else None
         # Where the text encoders run (the accelerator, also under CPU offload, which the memory savers may turn
         # on later); diffusers works it out by walking every module of every component: look it up once.
         self._exec_device = pipe._execution_device
@@ -402,6 +508,7 @@ class DiffusersBackend:
             "dtype": str(pipe.unet.dtype).replace("torch.", ""),
             "device": str(self._device),
             "placement": placement,
+            "memory_format": memory_format or "contiguous",
             "few_step": self.few_step,
             "text_encoder_max_tokens": int(tok.model_max_length),
             "max_prompt_chunks": max_prompt_chunks,
@@ -413,6 +520,17 @@ class DiffusersBackend:
             self.defaults = {"steps": 4, "guidance": 8.0}
         else:
             self.defaults = {"steps": 25, "guidance": 5.0 if family == "sdxl" else 6.0}
+
+    def _cpu_layout(self) -> str:
+        """On a CPU, the convolutional models in channels-last layout (oneDNN's own): measured by
+        bench/bench_cpu_speedups.py, CHANNELS_LAST_MODELS. Returns the layout for model_info."""
+        import torch
+
+        for name in CHANNELS_LAST_MODELS:
+            module = getattr(self.pipe, name, None)
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
+        return "channels_last"
 
     def _place(self, offload: str) -> str:
         """Put the pipeline on its device: whole, or with model CPU offload where memory is short."""
@@ -928,9 +1046,13 @@ class DiffusersBackend:
         generators = [torch.Generator("cpu").manual_seed(int(r.seed)) for r in requests]
         label = "+".join(r.name for r in requests)
 
+        pipe = pipe or self.pipe
+        ticks = (_StepTicks(pipe, label, progress, self.progress_interval, len(requests), size)
+                 if progress is not None else contextlib.nullcontext())
+
         def on_step_end(pipe, step, timestep, callback_kwargs):
             if progress is not None:
-                progress(label, step + 1, pipe.num_timesteps)
+                ticks.step_done(step + 1, pipe.num_timesteps)
             return callback_kwargs
 
         strengths = [float(r.strength) for r in requests]
@@ -941,12 +1063,15 @@ class DiffusersBackend:
             self._scaler.strengths = torch.tensor(strengths, dtype=torch.float32)
         called = time.perf_counter()
         try:
-            out = (pipe or self.pipe)(
-                **images, height=height, width=width,
-                num_inference_steps=settings.steps, guidance_scale=float(settings.guidance),
-                controlnet_conditioning_scale=scale, generator=generators, output_type="pil",
-                callback_on_step_end=on_step_end, **kwargs,
-            )
+            with ticks:
+                out = pipe(
+                    **images, height=height, width=width,
+                    num_inference_steps=settings.steps, guidance_scale=float(settings.guidance),
+                    controlnet_conditioning_scale=scale, generator=generators, output_type="pil",
+                    callback_on_step_end=on_step_end, **kwargs,
+                )
+                if progress is not None:
+                    ticks.finish(pipe.num_timesteps)
         finally:
             self._scaler.strengths = None
             self._pipeline_seconds += time.perf_counter() - called
