@@ -26,12 +26,10 @@ CPU_PRESET_DOWNLOAD_GB = 5.7
 """One-time download of the lcm-sd15 preset: 1,427,596,347 float32 parameters (LCM UNet 859.6M, CLIP-L text
 encoder 123.1M, VAE 83.7M, SD1.5 depth ControlNet 361.3M), counted from the published configs by
 bench/bench_cpu_stack.py, x 4 bytes of safetensors."""
-CPU_STACK_SECONDS = 90
-"""A 512x768 lcm-sd15 stack (3 layers, 4 steps, bfloat16, matting, composite) on 2 idle CPU cores with AMX,
-from bench/bench_cpu_stack.py's process CPU time on a shared 2-core machine: 182.6 CPU-seconds in all (UNet and
-ControlNet channels-last), which 2 threads spend in about 91 s where nothing else runs. Its wall time there, at a
-load average of 3.2-3.4, was 148 s. Where the CPU has no native bfloat16 the preset renders in float32, about 4
-times slower."""
+CPU_STACK_SECONDS = 150
+"""A 512x768 lcm-sd15 stack (3 layers, 4 steps, bfloat16, matting, composite) on 2 idle CPU cores with AMX:
+bench/bench_cpu_stack.py measured 150.3 s wall (196 CPU-seconds) with nothing else running (2026-12-01). Where the
+CPU has no native bfloat16 the preset renders in float32, about 4 times slower."""
 
 DRAFT_PREFIX = "Draft mode: procedural layout preview, no model weights loaded"
 
