@@ -77,3 +77,20 @@ def tiny_dpt_dir(tiny_models_root):
     from tiny_models import build_dpt
 
     return build_dpt(tiny_models_root / "dpt")
+
+
+@pytest.fixture(scope="module")
+def sd15(tiny_sd15_dir):
+    """A DiffusersBackend on the tiny SD1.5 folder, loaded the user's way; one per test module (tests change its
+    settings, e.g. injected out-of-memory errors, so modules do not share it)."""
+    from layers.backends.diffusers import DiffusersBackend
+
+    return DiffusersBackend(model=str(tiny_sd15_dir))
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_sdxl_dir):
+    """A DiffusersBackend on the tiny SDXL folder, one per test module."""
+    from layers.backends.diffusers import DiffusersBackend
+
+    return DiffusersBackend(model=str(tiny_sdxl_dir))

@@ -43,16 +43,6 @@ def max_diff(a, b):
 
 
 @pytest.fixture(scope="module")
-def sd15(tiny_sd15_dir):
-    return DiffusersBackend(model=str(tiny_sd15_dir))
-
-
-@pytest.fixture(scope="module")
-def sdxl(tiny_sdxl_dir):
-    return DiffusersBackend(model=str(tiny_sdxl_dir))
-
-
-@pytest.fixture(scope="module")
 def sd15_stack(sd15):
     return sd15.render(requests(), SETTINGS)
 

@@ -59,16 +59,6 @@ def held_parameters(*pipes) -> tuple[int, int]:
     return len(seen), sum(seen.values())
 
 
-@pytest.fixture(scope="module")
-def sd15(tiny_sd15_dir):
-    return DiffusersBackend(model=str(tiny_sd15_dir))
-
-
-@pytest.fixture(scope="module")
-def sdxl(tiny_sdxl_dir):
-    return DiffusersBackend(model=str(tiny_sdxl_dir))
-
-
 @pytest.mark.parametrize("family", ["sd15", "sdxl"])
 def test_img2img_and_inpaint_share_the_loaded_weights(family, request):
     backend = request.getfixturevalue(family)

@@ -40,7 +40,7 @@ from PIL import Image
 
 from ..images import check_unit_map
 from ..models import ModelSource, hub_offline, load_pretrained, parse_model_source
-from .base import (DENOISE_SHARE, ModelUnavailableError, ProgressCallback, RenderRequest, RenderResult,
+from .base import (DENOISE_SHARE, ProgressCallback, RenderRequest, RenderResult,
                    RenderSettings, RepaintRequest)
 
 logger = logging.getLogger(__name__)
@@ -722,23 +722,29 @@ class DiffusersBackend:
 
     @staticmethod
     def _check_inputs(requests, settings: RenderSettings):
+        DiffusersBackend._check_requests(requests, RenderRequest, "layer ")
+        DiffusersBackend._check_settings(settings)
+
+    @staticmethod
+    def _check_requests(requests, kind: type, label: str) -> None:
+        """What render and repaint requests share: a non-empty list of `kind`, each with a valid control map, seed,
+        ControlNet strength and prompts, names unique. `label` goes before a request's name in a message."""
         if not isinstance(requests, (list, tuple)) or not requests:
-            raise ValueError(f"requests must be a non-empty list of RenderRequest, got {requests!r}")
+            raise ValueError(f"requests must be a non-empty list of {kind.__name__}, got {requests!r}")
         names = []
         for r in requests:
-            if not isinstance(r, RenderRequest):
-                raise ValueError(f"requests must hold RenderRequest objects, got {type(r).__name__}")
+            if not isinstance(r, kind):
+                raise ValueError(f"requests must hold {kind.__name__} objects, got {type(r).__name__}")
             names.append(r.name)
-            check_unit_map(r.control, f"layer {r.name!r}: control")
+            check_unit_map(r.control, f"{label}{r.name!r}: control")
             if not isinstance(r.seed, (int, np.integer)) or not 0 <= int(r.seed) < 2**63:
-                raise ValueError(f"layer {r.name!r}: seed must be an integer in [0, 2**63), got {r.seed!r}")
+                raise ValueError(f"{label}{r.name!r}: seed must be an integer in [0, 2**63), got {r.seed!r}")
             if not 0.0 <= float(r.strength) <= 2.0:
-                raise ValueError(f"layer {r.name!r}: strength must be in [0, 2], got {r.strength!r}")
+                raise ValueError(f"{label}{r.name!r}: strength must be in [0, 2], got {r.strength!r}")
             if not isinstance(r.prompt, str) or not isinstance(r.negative_prompt, str):
-                raise ValueError(f"layer {r.name!r}: prompt and negative_prompt must be strings")
+                raise ValueError(f"{label}{r.name!r}: prompt and negative_prompt must be strings")
         if len(set(names)) != len(names):
-            raise ValueError(f"layer names must be unique, got {names}")
-        DiffusersBackend._check_settings(settings)
+            raise ValueError(f"{label or 'request '}names must be unique, got {names}")
 
     @staticmethod
     def _check_settings(settings: RenderSettings):
@@ -855,35 +861,21 @@ class DiffusersBackend:
             return self._repaint(list(requests), settings, progress)
 
     def _check_repaint_inputs(self, requests, settings: RenderSettings):
-        if not isinstance(requests, (list, tuple)) or not requests:
-            raise ValueError(f"requests must be a non-empty list of RepaintRequest, got {requests!r}")
+        self._check_requests(requests, RepaintRequest, "")
         self._check_settings(settings)
         size = (settings.width, settings.height)
-        names = []
         for r in requests:
-            if not isinstance(r, RepaintRequest):
-                raise ValueError(f"requests must hold RepaintRequest objects, got {type(r).__name__}")
-            names.append(r.name)
             if not isinstance(r.image, Image.Image) or r.image.mode != "RGB" or r.image.size != size:
                 got = f"{r.image.mode} {r.image.size[0]}x{r.image.size[1]}" if isinstance(r.image, Image.Image) \
                     else type(r.image).__name__
                 raise ValueError(f"{r.name!r}: image must be an RGB picture of {size[0]}x{size[1]}, got {got}")
-            check_unit_map(r.control, f"{r.name!r}: control")
             if r.mask is not None:
                 check_unit_map(r.mask, f"{r.name!r}: mask", shape=(settings.height, settings.width))
-            if not isinstance(r.seed, (int, np.integer)) or not 0 <= int(r.seed) < 2**63:
-                raise ValueError(f"{r.name!r}: seed must be an integer in [0, 2**63), got {r.seed!r}")
-            if not 0.0 <= float(r.strength) <= 2.0:
-                raise ValueError(f"{r.name!r}: strength must be in [0, 2], got {r.strength!r}")
             if not 0.0 < float(r.denoise) <= 1.0:
                 raise ValueError(f"{r.name!r}: denoise must be in (0, 1], got {r.denoise!r}")
             if int(settings.steps * float(r.denoise)) < 1:
                 raise ValueError(f"{r.name!r}: denoise {r.denoise} of {settings.steps} steps runs no step; "
                                  f"raise denoise to at least {1 / settings.steps:.3g} or use more steps")
-            if not isinstance(r.prompt, str) or not isinstance(r.negative_prompt, str):
-                raise ValueError(f"{r.name!r}: prompt and negative_prompt must be strings")
-        if len(set(names)) != len(names):
-            raise ValueError(f"request names must be unique, got {names}")
 
     def repaint_pipeline(self, kind: str):
         """The ControlNet "img2img" or "inpaint" pipeline of this model family, sharing every component with the
