@@ -29,10 +29,11 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .backends.base import RenderRequest, RenderSettings, RepaintRequest, step_text
+from .backends.base import RenderRequest, RenderSettings, RepaintRequest, span_progress
 from .decompose import Decomposition, decompose
 from .depth import LayerDepth
 from .fill import push_pull
+from .images import as_stored16
 from .matte import matte_rgba
 from .stack import LayerStack, StackLayer
 
@@ -171,13 +172,13 @@ def compose_stack(plan, backend, scaffold: dict, estimator: Callable[[Image.Imag
     plate_request = RenderRequest(name=PLATE, prompt=plan.prompt, negative_prompt=settings.plate_negative,
                                   control=hint, prior=np.ones_like(hint), seed=int(plan.seed),
                                   strength=float(settings.plate_hint))
-    plate_result = backend.render([plate_request], size, progress=_steps(report, 0.02, 0.3, "plate"))
+    plate_result = backend.render([plate_request], size, progress=span_progress(report, 0.02, 0.3, "plate"))
     plate = plate_result.images[0].convert("RGB")
     timings["plate"] = time.perf_counter() - t
 
     t = time.perf_counter()
     report(0.3, "estimating the plate's depth")
-    plate_depth = _png16(estimator(plate))
+    plate_depth = as_stored16(estimator(plate))
     timings["estimate"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -187,7 +188,7 @@ def compose_stack(plan, backend, scaffold: dict, estimator: Callable[[Image.Imag
 
     t = time.perf_counter()
     requests = [_layer_request(plan, parts, name, strengths[k], settings) for k, name in enumerate(NAMES)]
-    rendered = backend.repaint(requests, size, progress=_steps(report, 0.4, 0.75, "layers"))
+    rendered = backend.repaint(requests, size, progress=span_progress(report, 0.4, 0.75, "layers"))
     timings["layers"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -239,12 +240,12 @@ def recompose_layer(plan, backend, plate: Image.Image, plate_depth: np.ndarray, 
         raise ValueError(f"unknown layer {name!r}; choose one of {', '.join(NAMES)}")
     size = RenderSettings(width=plan.width, height=plan.height, steps=steps, guidance=guidance,
                           light_direction=plan.light_direction, palette=plan.palette)
-    parts = decompose(plate, _png16(plate_depth), layers=len(NAMES))
+    parts = decompose(plate, as_stored16(plate_depth), layers=len(NAMES))
     if not np.allclose(parts.thresholds, thresholds, atol=1e-6):
         raise ValueError(f"the plate's depth now splits at {list(parts.thresholds)}, not at the stack's "
                          f"{list(thresholds)}: depth/plate.png was changed; regenerate the whole stack")
     request = _layer_request(plan, parts, name, strength, settings)
-    rendered = backend.repaint([request], size, progress=_steps(report, 0.05, 0.75, name))
+    rendered = backend.repaint([request], size, progress=span_progress(report, 0.05, 0.75, name))
     layer = _matte(name, rendered.images[0], parts, session)
     info = {"layer": name, "seed": int(request.seed), "denoise": float(request.denoise)}
     if settings.harmonize > 0:
@@ -256,20 +257,6 @@ def recompose_layer(plan, backend, plate: Image.Image, plate_depth: np.ndarray, 
 
 
 # ------------------------------------------------------------------------------------------------- steps
-
-def _png16(depth) -> np.ndarray:
-    """The depth exactly as depth/plate.png stores it (16 bits), so a stack read back from its folder is cut into
-    the very same bands when one of its layers is regenerated."""
-    levels = np.round(np.clip(np.asarray(depth, dtype=np.float64), 0.0, 1.0) * 65535.0).astype(np.uint16)
-    return (levels.astype(np.float64) / 65535.0).astype(np.float32)
-
-
-def _steps(report, lo: float, hi: float, what: str):
-    def on_step(label: str, step: int, total: int) -> None:
-        report(lo + (hi - lo) * step / max(total, 1), f"{what}: {step_text(step, total)}")
-
-    return on_step
-
 
 def _band(parts: Decomposition, name: str) -> np.ndarray:
     return parts.stack[name].alpha

@@ -34,7 +34,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 from PIL import Image
 
-from .backends.base import ModelUnavailableError, RenderSettings, RepaintRequest
+from .backends.base import ModelUnavailableError, RenderSettings, RepaintRequest, span_progress
 from .fill import push_pull
 from .images import ImageSource, check_unit_map, open_image
 from .matte import MatteSettings, matte_layer
@@ -505,10 +505,8 @@ def _repaint(backend, colours, depths, filled, names, seeds, settings: Decompose
                                        image=start, control=check_unit_map(depths[k], f"{names[k]} depth"),
                                        seed=int(seeds[k]), mask=mask))
 
-    def on_step(layer: str, step: int, total: int) -> None:
-        report(0.6 + 0.3 * step / max(total, 1), f"repainting {layer}: step {step}/{total}")
-
-    result = backend.repaint(requests, RenderSettings(width=w, height=h), on_step)
+    result = backend.repaint(requests, RenderSettings(width=w, height=h),
+                             span_progress(report, 0.6, 0.9, "repainting {layer}"))
     if len(result.images) != len(requests):
         raise ValueError(f"backend returned {len(result.images)} images for {len(requests)} repaint requests")
     out = {}

@@ -35,7 +35,7 @@ from xml.etree import ElementTree
 import numpy as np
 from PIL import Image
 
-from .images import check_unit_map
+from .images import check_unit_map, depth_from_levels16, depth_levels16
 from .stack import LayerStack
 
 __all__ = [
@@ -205,7 +205,7 @@ def _check_depth(depth) -> np.ndarray:
 
 
 def _depth_image16(depth: np.ndarray) -> Image.Image:
-    return Image.fromarray(np.round(depth * 65535.0).astype(np.uint16))  # uint16 -> mode "I;16"
+    return Image.fromarray(depth_levels16(depth))  # uint16 -> mode "I;16"
 
 
 def save_depth_png16(depth: np.ndarray, path: PathLike) -> Path:
@@ -242,7 +242,7 @@ def load_depth_png16(path: PathLike) -> np.ndarray:
             image.load()
             mode = image.mode
             if mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(image, dtype=np.float64) / 65535.0
+                return depth_from_levels16(np.asarray(image))
             elif mode in ("L", "P", "RGB", "RGBA", "LA"):
                 array = np.asarray(image.convert("L"), dtype=np.float64) / 255.0
             else:

@@ -128,3 +128,27 @@ def check_unit_map(values, what: str, *, shape: Optional[tuple[int, int]] = None
     if lo < -1e-4 or hi > 1 + 1e-4:
         raise ValueError(f"{what} values must be in [0, 1], got [{lo:.3g}, {hi:.3g}]")
     return np.clip(d, 0.0, 1.0)
+
+
+def depth_levels16(depth: np.ndarray) -> np.ndarray:
+    """The one rounding of a [0, 1] depth map to the 16-bit levels its PNG stores (0 = far, 65535 = near)."""
+    return np.round(depth * 65535.0).astype(np.uint16)
+
+
+def depth_from_levels16(levels) -> np.ndarray:
+    """16-bit depth levels -> float32 (H, W) in [0, 1], as a 16-bit depth PNG is read back."""
+    return np.clip(np.asarray(levels, dtype=np.float64) / 65535.0, 0.0, 1.0).astype(np.float32)
+
+
+def as_stored16(depth) -> np.ndarray:
+    """A depth map exactly as its 16-bit PNG gives it back, so work done on it now is the same as work done later
+    on the map read from its file.
+
+    Args:
+        depth: float (H, W) in [0, 1], 1 = near.
+
+    Returns:
+        float32 (H, W) in [0, 1].
+    """
+    return depth_from_levels16(depth_levels16(check_unit_map(depth, "depth")))
+

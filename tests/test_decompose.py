@@ -179,7 +179,8 @@ class FlatRepainter:
             assert req.mask.shape == base.shape[:2] and req.control.shape == base.shape[:2]
             base[req.mask > 0.5] = colour
             images.append(Image.fromarray(base))
-            if progress:
+            if progress:  # as the diffusers backend does: a fraction inside the step, then the step done
+                progress(req.name, 0.5, 1)
                 progress(req.name, 1, 1)
         return RenderResult(images=images, info={"backend": self.name})
 
@@ -212,6 +213,15 @@ def test_backend_repaints_every_hidden_region_in_one_call(motorcycle):
     assert psnr(result.stack.composite(), img) >= 40.0  # what was visible is untouched
     again = decompose(img, disp, backend=FlatRepainter(), seed=5)
     assert np.array_equal(np.asarray(again.stack["background"].rgba), np.asarray(result.stack["background"].rgba))
+
+
+def test_repainting_progress_reads_as_words_even_inside_a_step(motorcycle):
+    img, disp = motorcycle
+    seen = []
+    decompose(img, disp, backend=FlatRepainter(), seed=5, progress=lambda f, text: seen.append(text))
+    repainting = [t for t in seen if t.startswith("repainting")]
+    assert "repainting background: decoding" in repainting and "repainting background: step 1/1" in repainting
+    assert not any("." in t.split(":")[-1] for t in repainting), repainting  # no "step 0.5/1"
 
 
 def test_unavailable_inpainting_falls_back_to_the_offline_fill_with_a_notice(motorcycle, motorcycle_layers):

@@ -425,10 +425,10 @@ def test_a_pipeline_built_in_code_renders_the_same_through_from_pipeline(sd15, s
 
 
 def test_the_progress_bar_says_which_step_runs_and_when_the_pictures_are_decoded():
-    from layers.compose import _steps
+    from layers.backends.base import span_progress
     from layers.pipeline import _render_progress
 
-    for make in (lambda report: _render_progress(report), lambda report: _steps(report, 0.4, 0.75, "layers")):
+    for make in (lambda report: _render_progress(report), lambda report: span_progress(report, 0.4, 0.75, "layers")):
         seen = []
         on_step = make(lambda fraction, text: seen.append((fraction, text)))
         for step in (0.5, 1, 1.5, 2, 3.2, 3.5, 3.9, 4):

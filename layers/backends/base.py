@@ -27,6 +27,21 @@ def step_text(step: float, total: int) -> str:
     return f"step {whole if step == whole else whole + 1}/{total}"
 
 
+def span_progress(report: Callable[[float, str], None], lo: float, hi: float,
+                  what: str) -> ProgressCallback:
+    """A ProgressCallback that reports a backend call as (fraction, text) between `lo` and `hi` of a whole run.
+
+    Args:
+        report: progress(fraction in [0, 1], description).
+        lo, hi: the share of the run the call takes.
+        what: the text before the step ("plate"); "{layer}" in it becomes the label the backend reports.
+    """
+    def on_step(layer: str, step: float, total: int) -> None:
+        report(lo + (hi - lo) * step / max(total, 1), f"{what.format(layer=layer)}: {step_text(step, total)}")
+
+    return on_step
+
+
 @dataclass(frozen=True)
 class RenderRequest:
     """One layer to render."""
