@@ -32,6 +32,7 @@ from .export import (export_ora, export_psd, export_zip, load_depth_png16, packa
 from .gltf import GlbSettings, export_glb
 from .images import PIXEL_LIMIT_VAR, open_image, pixel_limit
 from .manifest import inside, read_manifest
+from .models import hub_offline
 from .matte import matte_rgba, new_matte_session
 from .parallax import CAMERA_PATHS, iter_parallax_frames, write_video
 from .plan import LAYER_NAMES, ScenePlan, plan_scene, with_layer
@@ -266,20 +267,13 @@ def _default_depth_model() -> str:
     return DEFAULT_DEPTH_MODEL
 
 
-@functools.lru_cache(maxsize=4)
-def _model_matte_session(model: str, allow_download: bool):
-    return new_matte_session(model, allow_download=allow_download)
-
-
 def _plate_matting(options: GenerateOptions) -> tuple[object, str, Optional[str]]:
     """(rembg session or None, the matte model used, a notice when it fell back to closed-form matting)."""
-    from .backends.diffusers import hub_offline
-
     model = options.matte_model or DEFAULT_MATTE_MODEL
     if model == CLOSED_FORM:
         return None, model, None
     try:
-        return _model_matte_session(model, not hub_offline()), model, None
+        return _matte_session(model, allow_download=not hub_offline()), model, None
     except (ValueError, OSError) as exc:
         return None, CLOSED_FORM, f"Closed-form matting: rembg model {model!r} unavailable ({exc})"
 
@@ -367,7 +361,7 @@ def decompose_picture(image: Image.Image, depth, backend: Optional[Backend] = No
     if depth_source not in DEPTH_SOURCES[1:]:
         raise ValueError(f"depth source of a picture must be 'map' or 'reference', got {depth_source!r}")
     t = time.perf_counter()
-    session = _matte_session(options.matte_model) if options.matte_model else None
+    session = _given_matte_session(options)
     split = decompose(image, depth, layers=layers, session=session, backend=backend, seed=seed,
                       progress=(lambda f, text: progress(0.9 * f, text)) if progress else None)
     depths = {layer.name: LayerDepth(name=layer.name, control=layer.depth, prior=split.visible[layer.name],
@@ -450,8 +444,13 @@ def _render_progress(report: Progress):
 
 
 @functools.lru_cache(maxsize=4)
-def _matte_session(model: str):
-    return new_matte_session(model)
+def _matte_session(model: str, allow_download: bool = False):
+    return new_matte_session(model, allow_download=allow_download)
+
+
+def _given_matte_session(options: GenerateOptions):
+    """The rembg session the user asked for, or None for closed-form matting (no model, or "closed-form")."""
+    return _matte_session(options.matte_model) if options.matte_model not in (None, CLOSED_FORM) else None
 
 
 def _matte(name: str, image: Image.Image, depth: LayerDepth, options: GenerateOptions, report: Progress) -> StackLayer:
@@ -459,7 +458,7 @@ def _matte(name: str, image: Image.Image, depth: LayerDepth, options: GenerateOp
         rgba = image.convert("RGBA")  # the background is opaque and complete
     else:
         report(_MATTE_SPAN[0] + (_MATTE_SPAN[1] - _MATTE_SPAN[0]) * LAYER_NAMES.index(name) / 3, f"matting {name}")
-        session = _matte_session(options.matte_model) if options.matte_model not in (None, CLOSED_FORM) else None
+        session = _given_matte_session(options)
         rgba = matte_rgba(image, depth.prior, session=session)
     return StackLayer(name=name, rgba=rgba, depth=depth.control, nearness=float(depth.nearness))
 
@@ -476,12 +475,11 @@ OUTPUT_NAMES = {
     "html": "parallax.html",
     "manifest": "manifest.json",
 }
-_OURS = frozenset({*OUTPUT_NAMES.values(), "plate.png", "layers", "depth", "priors", "preview"})
-"""Entries of an output folder that a new run writes (or the studio adds); anything else was put there by a user."""
-
-
 PLATE_FILES = {"plate": "plate.png", "plate_depth": "depth/plate.png"}
 """Written beside the layers when the stack was cut from a plate."""
+
+_OURS = frozenset({*OUTPUT_NAMES.values(), PLATE_FILES["plate"], "layers", "depth", "priors", "preview"})
+"""Entries of an output folder that a new run writes (or the studio adds); anything else was put there by a user."""
 
 
 def build_manifest(result: StackResult) -> dict:

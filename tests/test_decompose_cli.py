@@ -237,3 +237,12 @@ def test_unknown_zero_needs_a_depth_map(picture, tmp_path, capsys):
     code = main(["decompose", "--image", str(picture / "moto.png"), "--unknown-zero", "--out", str(out)])
     assert code == 2 and not out.exists()
     assert "--unknown-zero applies to a given depth map" in capsys.readouterr().err
+
+
+def test_matte_model_closed_form_is_the_offline_matte_by_name(picture, decomposed, tmp_path):
+    # "closed-form" names the offline matte everywhere a matte model is chosen (generate, the studio, decompose).
+    out = tmp_path / "cf"
+    assert main(["decompose", "--image", str(picture / "moto.png"), "--depth-map", str(picture / "disp.png"),
+                 "--out", str(out), "--backend", "draft", "--frames", "4", "--matte-model", "closed-form"]) == 0
+    for name in ("background", "midground", "foreground"):
+        assert (out / f"layers/{name}.png").read_bytes() == (decomposed / f"layers/{name}.png").read_bytes()
