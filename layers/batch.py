@@ -43,7 +43,6 @@ PICTURE_KEYS = ("name", "image", "depth", "layers", "seed")
 SUMMARY_FIELDS = ("job", "line", "status", "seconds", "folder", "reason")
 ATTEMPTS_DIR = ".attempts"
 MAX_NAME_CHARS = 48
-MIN_PICTURE_LAYERS, MAX_PICTURE_LAYERS = 2, 6
 _MAX_RESUBMITS = 1
 """How often the Ray executor sends a job to another actor after its own actor ran out of restarts."""
 
@@ -251,10 +250,11 @@ def _job_from_record(record: dict, line: int, base: Path, label: str) -> Job:
         if str(record.get("layers", "")).strip().lower() == "auto":
             layers = "auto"
         elif "layers" in record:
+            from .decompose import MAX_LAYERS, MIN_LAYERS
+
             layers = _int(record["layers"], "layers")
-            if not MIN_PICTURE_LAYERS <= layers <= MAX_PICTURE_LAYERS:
-                raise ValueError(f"layers {layers} is out of range {MIN_PICTURE_LAYERS}..{MAX_PICTURE_LAYERS} "
-                                 f"(or auto)")
+            if not MIN_LAYERS <= layers <= MAX_LAYERS:
+                raise ValueError(f"layers {layers} is out of range {MIN_LAYERS}..{MAX_LAYERS} (or auto)")
         name = job_name(given_name or Path(image).stem)
         return Job(name=name, line=line, image=image, depth=depth, layers=layers,
                    seed=_int(record.get("seed", 0), "seed"))

@@ -309,13 +309,13 @@ def _cmd_generate(args) -> int:
 
 
 def _layer_count(text: str):
-    from .decompose import MAX_LAYERS, MIN_LAYERS
+    from .decompose import MAX_LAYERS, MIN_LAYERS, check_layer_count
 
-    if text.strip().lower() == "auto":
-        return "auto"
-    if not text.strip().isdigit() or not MIN_LAYERS <= int(text) <= MAX_LAYERS:
-        raise argparse.ArgumentTypeError(f"must be {MIN_LAYERS}..{MAX_LAYERS} or auto, got {text!r}")
-    return int(text)
+    try:
+        count = check_layer_count(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {MIN_LAYERS}..{MAX_LAYERS} or auto, got {text!r}") from None
+    return "auto" if count is None else count
 
 
 def _cmd_decompose(args) -> int:

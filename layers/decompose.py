@@ -40,7 +40,8 @@ from .images import ImageSource, check_unit_map, open_image
 from .matte import MatteSettings, matte_layer
 from .stack import LayerStack, StackLayer, with_alpha
 
-__all__ = ["DecomposeSettings", "Decomposition", "MAX_LAYERS", "MIN_LAYERS", "MIN_SIDE", "choose_thresholds",
+__all__ = ["DecomposeSettings", "Decomposition", "MAX_LAYERS", "MIN_LAYERS", "MIN_SIDE", "check_layer_count",
+           "choose_thresholds",
            "check_picture", "decompose", "hidden_mask", "layer_names", "load_depth", "load_picture", "prepare_depth",
            "repaint_layer"]
 
@@ -235,7 +236,7 @@ def choose_thresholds(depth: np.ndarray, layers: LayerCount = 3, *, min_share: f
     """
     from scipy import ndimage
 
-    count = _check_layers(layers)
+    count = check_layer_count(layers)
     d = np.asarray(depth, dtype=np.float32).ravel()
     bins = 256
     hist = np.bincount(np.clip((d * bins).astype(np.intp), 0, bins - 1), minlength=bins).astype(np.float64)
@@ -285,7 +286,12 @@ def _bands_ok(cuts: list[int], cdf: np.ndarray, min_share: float) -> bool:
     return bool((shares >= min_share).all())
 
 
-def _check_layers(layers) -> Optional[int]:
+def check_layer_count(layers) -> Optional[int]:
+    """A layer count: 2..6 as a number or text, or "auto" (returned as None).
+
+    Raises:
+        ValueError: anything else.
+    """
     if isinstance(layers, str) and layers.strip().lower() == "auto":
         return None
     if isinstance(layers, str) and layers.strip().isdigit():
@@ -345,7 +351,7 @@ def decompose(image: Image.Image, depth, *, layers: LayerCount = 3, thresholds: 
     report(0.4, "separating colours")
     colours, visible, filled, depths = _peel(rgb, d, band, alphas, settings)
     timings["fill"] = time.perf_counter() - t
-    info: dict = {"layers": len(names), "layer_count": "auto" if thresholds is None and _check_layers(layers) is None
+    info: dict = {"layers": len(names), "layer_count": "auto" if thresholds is None and check_layer_count(layers) is None
                   else "given", "thresholds": list(cuts), "fill": "push-pull (offline)"}
 
     if backend is not None and callable(getattr(backend, "repaint", None)):

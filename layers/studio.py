@@ -352,15 +352,13 @@ class Studio:
             ValueError: a missing, unreadable or unsuitable picture or depth map, a bad layer count, or no depth
             estimator when no depth map is given.
         """
-        from .decompose import check_picture, load_depth, prepare_depth
+        from .decompose import check_layer_count, check_picture, load_depth, prepare_depth
         from .pipeline import decompose_picture
 
         t0 = time.perf_counter()
         if not image:
             raise ValueError("upload a picture to decompose")
-        count = str(layers).strip().lower()
-        if count != "auto" and not (count.isdigit() and 2 <= int(count) <= 6):
-            raise ValueError(f"layers must be 2..6 or auto, got {layers!r}")
+        count = check_layer_count(layers)
         picture = check_picture(open_image(image, max_pixels=self.limits.max_upload_pixels, what="image"))
         if depth_map:
             if not str(depth_map).lower().endswith(".npy"):
@@ -376,7 +374,7 @@ class Studio:
         backend = self.backend if callable(getattr(self.backend, "repaint", None)) else None
         run_id = uuid.uuid4().hex
         self.cleanup()
-        result = decompose_picture(picture, depth, backend, layers=count if count == "auto" else int(count),
+        result = decompose_picture(picture, depth, backend, layers="auto" if count is None else count,
                                    seed=_seed(seed), options=options, depth_source=source, progress=progress)
         result.render_info["decompose"]["notices"] = notices + result.render_info["decompose"]["notices"]
         return self._finish(run_id, self.runs_root / run_id, result, progress, t0)
