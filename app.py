@@ -166,6 +166,18 @@ def parallax_html(layers: list[dict], amount: float = VIEWER_AMOUNT) -> str:
     return viewer_markup(layers, amount) if layers else EMPTY_VIEWER
 
 
+def viewer_shower(studio: Studio):
+    """The event handler both tabs use after a render: the run's interactive viewer and its downloads shown, or the
+    empty viewer with the downloads hidden when there is no run."""
+    def show_viewer(state: Optional[dict]):
+        run_id = (state or {}).get("run_id")
+        if not run_id:
+            return EMPTY_VIEWER, gr.Column(visible=False)
+        return parallax_html(studio.viewer_layers(studio.open_run(run_id))), gr.Column(visible=True)
+
+    return show_viewer
+
+
 EMPTY_VIEWER = ('<div class="lc-empty"><strong>Interactive parallax</strong><br>Generate a scene, then move the '
                 'pointer over it: each layer follows at its own depth.</div>')
 
@@ -340,11 +352,7 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
             return run_outputs(run)
         return regenerate_card
 
-    def show_viewer(run_state: Optional[dict]):
-        run_id = (run_state or {}).get("run_id")
-        if not run_id:
-            return EMPTY_VIEWER, gr.Column(visible=False)
-        return parallax_html(studio.viewer_layers(studio.open_run(run_id))), gr.Column(visible=True)
+    show_viewer = viewer_shower(studio)
 
     def pick_aspect(aspect: str):
         if aspect == "auto":
@@ -549,11 +557,7 @@ def build_picture_tab(studio: Studio, concurrency: int) -> None:
                 run.summary(), status, {"run_id": run.run_id},
                 str(files["glb"]) if "glb" in files else None, str(files["html"]) if "html" in files else None]
 
-    def show_viewer(state: Optional[dict]):
-        run_id = (state or {}).get("run_id")
-        if not run_id:
-            return EMPTY_VIEWER, gr.Column(visible=False)
-        return parallax_html(studio.viewer_layers(studio.open_run(run_id))), gr.Column(visible=True)
+    show_viewer = viewer_shower(studio)
 
     with gr.Row(equal_height=False):
         with gr.Column(scale=5, min_width=340, elem_id="pic-inputs"):
