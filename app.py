@@ -25,6 +25,7 @@ from typing import Optional
 import gradio as gr
 
 from layers.backends import BACKEND_CHOICES
+from layers.backends.diffusers import DECODERS
 from layers.compose import CLOSED_FORM, DEFAULT_MATTE_MODEL
 from layers.parallax import CAMERA_PATHS
 from layers.webpage import viewer_markup
@@ -761,6 +762,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="diffusers model: preset name, hub id or local folder")
     parser.add_argument("--controlnet", default=os.environ.get("LAYERCAKE_CONTROLNET"),
                         help="depth ControlNet: hub id or local folder")
+    parser.add_argument("--decoder", choices=DECODERS, default=os.environ.get("LAYERCAKE_DECODER"),
+                        help="latents to pictures: full = the model's VAE, tiny = TAESD (default: tiny for the CPU "
+                             "preset, full otherwise)")
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1, or GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860, or GRADIO_SERVER_PORT)")
     parser.add_argument("--share", action="store_true", help="ask for a public gradio.live link")
@@ -787,7 +791,8 @@ def _loading_page(args):
     from layers.backends.auto import choose
     from layers.loading_page import LoadingPage
 
-    options = {k: v for k, v in (("model", args.model), ("controlnet", args.controlnet)) if v}
+    options = {k: v for k, v in (("model", args.model), ("controlnet", args.controlnet), ("decoder", args.decoder))
+               if v}
     if choose(args.backend, options)[0] != "diffusers":
         return None
     host = args.host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
@@ -809,7 +814,8 @@ def main(argv=None) -> None:
     seeds = load_seeds()
     waiting = _loading_page(args)
     try:
-        studio = Studio.create(args.backend, model=args.model, controlnet=args.controlnet, output_root=args.output_dir,
+        studio = Studio.create(args.backend, model=args.model, controlnet=args.controlnet, decoder=args.decoder,
+                               output_root=args.output_dir,
                                cached_prompts=[seeds[0].text] if seeds else [], concurrency=args.max_concurrency,
                                depth_model=args.depth_model)
     except ValueError as exc:

@@ -7,7 +7,8 @@ uses here, a batch of 3 layers at 512x768 (latents 64x96). Variants are run alte
 process so that load from other jobs on a shared machine falls on both alike; reported: the median wall and
 process CPU time of each, and the load average before and after.
   step:   UNet + ControlNet forward, contiguous vs channels_last (model and inputs)
-  decode: VAE decode of the batch in one call, one image at a time (slicing), channels_last
+  decode: VAE decode of the batch in one call, one image at a time (slicing), channels_last; the tiny decoder
+          (TAESD, AutoencoderTiny), contiguous and channels_last
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_cpu_stack import loadavg  # noqa: E402
-from bench_diffusers_gpu import FAMILIES, tiny  # noqa: E402
+from bench_diffusers_gpu import FAMILIES, TAESD, tiny  # noqa: E402
 
 
 def timed(fn):
@@ -36,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, UNet2DConditionModel
 
     from layers.backends.auto import cpu_dtype
 
@@ -47,6 +48,7 @@ def main() -> None:
     unet = UNet2DConditionModel(**shrink(spec["unet"])).to(dtype=dtype).eval()
     cn = ControlNetModel(**shrink(spec["controlnet"])).to(dtype=dtype).eval()
     vae = AutoencoderKL(**shrink(spec["vae"])).to(dtype=dtype).eval()
+    taesd = AutoencoderTiny(**shrink(TAESD)).to(dtype=dtype).eval()
     h, w = (64, 96) if args.dry_run else (768, 512)
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     n = 3
@@ -68,25 +70,27 @@ def main() -> None:
                      mid_block_additional_residual=mid, return_dict=False)
         return run
 
-    def decode(fmt, sliced):
+    def decode(fmt, sliced, model=vae):
         def run():
-            x = lat.contiguous(memory_format=fmt) / vae.config.scaling_factor
+            x = lat.contiguous(memory_format=fmt) / model.config.scaling_factor
             with torch.inference_mode():
                 if sliced:
-                    torch.cat([vae.decode(x[i:i + 1]).sample for i in range(n)])
+                    torch.cat([model.decode(x[i:i + 1]).sample for i in range(n)])
                 else:
-                    vae.decode(x).sample
+                    model.decode(x).sample
         return run
 
     def fmt_models(fmt):
-        for m in (unet, cn, vae):
+        for m in (unet, cn, vae, taesd):
             m.to(memory_format=fmt)
 
     cl, cf = torch.channels_last, torch.contiguous_format
     groups = {
         "step": {"contiguous": (cf, step(cf)), "channels_last": (cl, step(cl))},
         "decode": {"batch of 3": (cf, decode(cf, False)), "one at a time": (cf, decode(cf, True)),
-                   "batch, channels_last": (cl, decode(cl, False))},
+                   "batch, channels_last": (cl, decode(cl, False)),
+                   "tiny decoder": (cf, decode(cf, False, taesd)),
+                   "tiny, channels_last": (cl, decode(cl, False, taesd))},
     }
     for group, variants in groups.items():
         if args.only and group != args.only:

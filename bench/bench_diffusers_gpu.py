@@ -66,6 +66,11 @@ VAE = dict(  # the SD1.5 VAE (SDXL's has the same architecture, scaling 0.13025,
     in_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, out_channels=3, sample_size=512,
     up_block_types=["UpDecoderBlock2D"] * 4, scaling_factor=0.18215,
 )
+TAESD = dict(  # madebyollin/taesd: the tiny decoder (AutoencoderTiny) the CPU preset decodes with
+    encoder_block_out_channels=[64, 64, 64, 64], decoder_block_out_channels=[64, 64, 64, 64], act_fn="relu",
+    in_channels=3, out_channels=3, latent_channels=4, upsampling_scaling_factor=2, num_encoder_blocks=[1, 3, 3, 3],
+    num_decoder_blocks=[3, 3, 3, 1], latent_magnitude=3, latent_shift=0.5, scaling_factor=1.0,
+)
 SDXL_VAE = dict(VAE, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
 SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0, unet/
     act_fn="silu", addition_embed_type="text_time", addition_embed_type_num_heads=64, addition_time_embed_dim=256,
@@ -116,6 +121,10 @@ def tiny(cfg: dict) -> dict:
         cfg.update(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
                    projection_dim=32 if cfg["projection_dim"] == 1280 else 32, vocab_size=1000)
         return cfg
+    if "decoder_block_out_channels" in cfg:  # the tiny decoder
+        cfg.update(encoder_block_out_channels=[8] * 4, decoder_block_out_channels=[8] * 4,
+                   num_encoder_blocks=[1] * 4, num_decoder_blocks=[1] * 4)
+        return cfg
     n = len(cfg["block_out_channels"])
     if "latent_channels" in cfg:  # the VAE
         cfg.update(block_out_channels=[8, 16, 16, 16][:n], norm_num_groups=8, layers_per_block=1)
@@ -137,10 +146,11 @@ def tiny(cfg: dict) -> dict:
     return cfg
 
 
-def build_pipeline(family: str, device, dtype, tokenizer, small: bool):
-    """A full (or tiny) ControlNet pipeline with random weights, on `device` in `dtype`."""
+def build_pipeline(family: str, device, dtype, tokenizer, small: bool, decoder: str = "full"):
+    """A full (or tiny) ControlNet pipeline with random weights, on `device` in `dtype`, decoding with the
+    family's VAE (decoder="full") or TAESD ("tiny")."""
     import torch
-    from diffusers import (AutoencoderKL, ControlNetModel, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
+    from diffusers import (AutoencoderKL, AutoencoderTiny, ControlNetModel, DPMSolverMultistepScheduler, EulerDiscreteScheduler,
                            LCMScheduler, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline,
                            UNet2DConditionModel)
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -155,7 +165,7 @@ def build_pipeline(family: str, device, dtype, tokenizer, small: bool):
     with torch.device(device):  # initialise straight on the GPU: seconds instead of minutes on the CPU
         unet = UNet2DConditionModel(**shrink(spec["unet"]))
         controlnet = ControlNetModel(**shrink(spec["controlnet"]))
-        vae = AutoencoderKL(**shrink(spec["vae"]))
+        vae = AutoencoderTiny(**shrink(TAESD)) if decoder == "tiny" else AutoencoderKL(**shrink(spec["vae"]))
         encoders = [CLIPTextModel(CLIPTextConfig(**shrink(spec["text"][0]), **ids))]
         if len(spec["text"]) > 1:
             encoders.append(CLIPTextModelWithProjection(CLIPTextConfig(**shrink(spec["text"][1]), **ids)))
@@ -186,7 +196,7 @@ def count_full_size_params(report: bool = True) -> dict[str, int]:
     """Instantiate every full-size component on the meta device, compare with the published counts (when
     `report`), and return the counts by component."""
     import torch
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+    from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     def n(model):
@@ -198,6 +208,7 @@ def count_full_size_params(report: bool = True) -> dict[str, int]:
             "sd15 depth controlnet": n(ControlNetModel(**SD15_CONTROLNET)),
             "lcm unet": n(UNet2DConditionModel(**LCM_UNET)),
             "vae": n(AutoencoderKL(**VAE)),
+            "taesd": n(AutoencoderTiny(**TAESD)),
             "clip-l text": n(CLIPTextModel(CLIPTextConfig(**CLIP_L))),
             "sdxl unet": n(UNet2DConditionModel(**SDXL_UNET)),
             "sdxl depth controlnet": n(ControlNetModel(**SDXL_CONTROLNET)),

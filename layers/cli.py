@@ -32,6 +32,7 @@ class _BadInput(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKEND_CHOICES
+    from .backends.diffusers import DECODERS
     from .parallax import CAMERA_PATHS
     from .plan import LAYER_NAMES
 
@@ -58,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--controlnet", help="depth ControlNet hub id or local folder")
         p.add_argument("--device", help="diffusers device: cuda, cuda:1, cpu (default: cuda when there)")
         p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="diffusers weights dtype")
+        p.add_argument("--decoder", choices=DECODERS,
+                       help="latents to pictures: full = the model's VAE, tiny = TAESD (default: tiny for the CPU "
+                            "preset, full otherwise)")
 
     def export_args(p):
         p.add_argument("--formats", default="all", metavar="LIST",
@@ -432,7 +436,7 @@ def _cmd_batch(args) -> int:
 
 
 def _model_options(args) -> dict:
-    return {k: getattr(args, k) for k in ("model", "controlnet", "device", "dtype") if getattr(args, k, None)}
+    return {k: getattr(args, k) for k in ("model", "controlnet", "device", "dtype", "decoder") if getattr(args, k, None)}
 
 
 def _summary(result, files, seconds: float) -> None:

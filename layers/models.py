@@ -189,13 +189,14 @@ def _no_agent_lookup() -> None:
     constants.HF_HUB_DISABLE_TELEMETRY = True
 
 
-def cached_files(src: ModelSource, *, pipeline: bool) -> bool:
+def cached_files(src: ModelSource, *, pipeline: bool, without: tuple[str, ...] = ()) -> bool:
     """Whether `src`'s weights are on this machine (a folder, or complete in the hub cache). Never networked.
 
     Args:
         src: the model.
         pipeline: a diffusers pipeline (model_index.json, each component's config and weights in a subfolder),
             else one model (config.json and its weights).
+        without: pipeline components that will be loaded from elsewhere (e.g. "vae" under a tiny decoder).
 
     Returns:
         True when loading it needs no download.
@@ -217,7 +218,7 @@ def cached_files(src: ModelSource, *, pipeline: bool) -> bool:
         except (OSError, ValueError):
             return False
         folders = [root / key for key in ("unet", "vae", "text_encoder", "text_encoder_2")
-                   if isinstance(index.get(key), list) and index[key][0] is not None]
+                   if key not in without and isinstance(index.get(key), list) and index[key][0] is not None]
     return all((f / "config.json").is_file() and any(p.name.endswith(WEIGHT_SUFFIXES) for p in f.iterdir())
                for f in folders)
 

@@ -199,13 +199,14 @@ class Studio:
 
     @classmethod
     def create(cls, backend: str = "auto", *, model: Optional[str] = None, controlnet: Optional[str] = None,
-               output_root="outputs", limits: Optional[StudioLimits] = None, cached_prompts: Sequence[str] = (),
+               decoder: Optional[str] = None, output_root="outputs", limits: Optional[StudioLimits] = None, cached_prompts: Sequence[str] = (),
                concurrency: Optional[int] = None, depth_model: Optional[str] = None) -> "Studio":
         """Load a backend by name and wrap it.
 
         Args:
             backend: "auto" (diffusers when its weights load, else draft), "draft" or "diffusers".
             model, controlnet: diffusers model and ControlNet (a preset name, hub id or local folder).
+            decoder: "full" or "tiny" (see DiffusersBackend); None: tiny for the CPU preset, else full.
             output_root: folder for results.
             limits: default from the environment (StudioLimits.from_env).
             cached_prompts: see Studio.
@@ -218,7 +219,7 @@ class Studio:
         Raises:
             ValueError: unknown backend, or "diffusers" asked for and its weights cannot be loaded.
         """
-        options = {k: v for k, v in (("model", model), ("controlnet", controlnet)) if v}
+        options = {k: v for k, v in (("model", model), ("controlnet", controlnet), ("decoder", decoder)) if v}
         loaded, notice = resolve_backend(backend, **options)
         return cls(loaded, output_root=output_root, limits=limits or StudioLimits.from_env(),
                    notices=[notice] if notice else [], cached_prompts=cached_prompts, concurrency=concurrency,

@@ -56,6 +56,14 @@ def tiny_lcm_dir(tiny_models_root):
 
 
 @pytest.fixture(scope="session")
+def tiny_taesd_dir(tiny_models_root):
+    """A tiny AutoencoderTiny (TAESD's architecture), the CPU preset's decoder."""
+    from tiny_models import build_taesd
+
+    return build_taesd(tiny_models_root / "taesd")
+
+
+@pytest.fixture(scope="session")
 def tiny_depth_anything_dir(tiny_models_root):
     """A tiny relative Depth Anything depth estimator (inverse depth: larger = nearer)."""
     from tiny_models import build_depth_anything

@@ -8,12 +8,13 @@ import socket
 import time
 
 import pytest
+from PIL import Image
 
 from layers.backends import resolve_backend
 from layers.backends import auto
 from layers.backends.auto import CPU_PRESET, CPU_PRESET_DOWNLOAD_GB, CPU_STACK_SECONDS, choose, cpu_dtype
 from layers.backends.base import ModelUnavailableError
-from layers.backends.diffusers import PRESETS
+from layers.backends.diffusers import PRESETS, TINY_DECODERS
 from layers import models
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -66,12 +67,23 @@ def put_in_hub_cache(hf_home, repo_id: str, folder):
     (repo / "refs" / "main").write_text(REVISION)
 
 
+def cached_snapshot(hf_home, repo_id: str):
+    return hf_home / "hub" / ("models--" + repo_id.replace("/", "--")) / "snapshots" / REVISION
+
+
 @pytest.fixture
-def cached_lcm(online, tiny_lcm_dir):
+def cached_lcm_only(online, tiny_lcm_dir):
     """The tiny few-step pipeline in the HF cache under the lcm-sd15 preset's ids (model and ControlNet)."""
     put_in_hub_cache(online, PRESETS[CPU_PRESET].model, tiny_lcm_dir)
     put_in_hub_cache(online, PRESETS[CPU_PRESET].controlnet, tiny_lcm_dir / "controlnet")
     return online
+
+
+@pytest.fixture
+def cached_lcm(cached_lcm_only, tiny_taesd_dir):
+    """All the CPU preset downloads: the pipeline, its ControlNet and the tiny decoder."""
+    put_in_hub_cache(cached_lcm_only, TINY_DECODERS["sd15"], tiny_taesd_dir)
+    return cached_lcm_only
 
 
 def test_auto_without_accelerator_or_weights_is_draft_at_once_with_how_to_opt_in(online, network_calls):
@@ -89,6 +101,27 @@ def test_auto_with_the_weights_in_the_hub_cache_loads_the_model_without_the_netw
     assert backend.model_info["preset"] == CPU_PRESET and backend.few_step
     assert backend.model_info["preset_chosen"] == "found in the local cache"
     assert backend.model_info["dtype"] == cpu_dtype()
+    assert backend.model_info["decoder"] == "tiny" and type(backend.pipe.vae).__name__ == "AutoencoderTiny"
+    assert network_calls == []
+
+
+def test_auto_with_the_preset_cached_but_not_the_tiny_decoder_decodes_with_the_full_vae_offline(cached_lcm_only,
+                                                                                                 network_calls):
+    backend, notice = resolve_backend("auto")
+    assert backend.name == "diffusers" and notice is None
+    assert backend.model_info["decoder"] == "full" and type(backend.pipe.vae).__name__ == "AutoencoderKL"
+    assert network_calls == []
+
+
+def test_under_the_tiny_decoder_the_models_own_vae_is_neither_needed_nor_loaded(cached_lcm, network_calls):
+    import torch
+
+    shutil.rmtree(cached_snapshot(cached_lcm, PRESETS[CPU_PRESET].model) / "vae")  # never downloaded
+    backend, _ = resolve_backend("auto")
+    assert backend.model_info["decoder"] == "tiny"
+    assert backend.model_info["decoder_model"] == TINY_DECODERS["sd15"]
+    conv = next(m for m in backend.pipe.vae.decoder.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)  # a third of its CPU time
     assert network_calls == []
 
 
@@ -127,10 +160,11 @@ def test_a_zero_gpu_space_counts_as_an_accelerator(monkeypatch):
 
 def test_on_a_cpu_diffusers_defaults_to_the_few_step_preset_and_says_so(online):
     backend_name, options, notice = choose("diffusers", {})
-    assert (backend_name, options) == ("diffusers", {"model": CPU_PRESET, "dtype": cpu_dtype()})
-    assert f"{CPU_PRESET} preset (4 steps, {cpu_dtype()}" in notice and "--model sd15" in notice
-    assert "\n" not in notice and f"about {CPU_STACK_SECONDS} s" in notice
+    assert (backend_name, options) == ("diffusers", {"model": CPU_PRESET, "dtype": cpu_dtype(), "decoder": "tiny"})
+    assert f"{CPU_PRESET} preset (4 steps, {cpu_dtype()}, tiny decoder" in notice and "--model sd15" in notice
+    assert "\n" not in notice and f"about {CPU_STACK_SECONDS} s" in notice and "--decoder full" in notice
     assert choose("diffusers", {"dtype": "float32"})[1]["dtype"] == "float32"
+    assert choose("diffusers", {"decoder": "full"})[1]["decoder"] == "full"
     assert choose("diffusers", {"model": "sd15"}) == ("diffusers", {"model": "sd15"}, None)
     assert choose("diffusers", {"device": "cuda"})[1] == {"device": "cuda"}
 
@@ -150,6 +184,55 @@ def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, 
     assert manifest["render"]["preset_chosen"] == "cpu default"
     assert manifest["options"]["steps"] == PRESETS[CPU_PRESET].steps == 4
     assert manifest["render"]["dtype"] == cpu_dtype()
+    assert (manifest["models"]["decoder"], manifest["models"]["decoder_model"]) == ("tiny", TINY_DECODERS["sd15"])
+    with Image.open(out / "composite.png") as im:
+        assert im.size == (64, 96)
+
+    code = main(["generate", "--prompt", "a quiet harbour, a lighthouse, rocks", "--backend", "diffusers",
+                 "--decoder", "full", "--width", "64", "--height", "96", "--no-video", "--out", str(tmp_path / "vae")])
+    assert code == 0
+    manifest = json.loads((tmp_path / "vae" / "manifest.json").read_text())
+    assert manifest["models"]["decoder"] == "full" and manifest["render"]["preset_chosen"] == "cpu default"
+
+
+def test_the_progress_bar_moves_while_the_tiny_decoder_decodes(cached_lcm, monkeypatch):
+    import numpy as np
+
+    from layers.backends.base import RenderRequest, RenderSettings, step_text
+    from layers.backends.diffusers import DiffusersBackend
+
+    backend = DiffusersBackend(model=CPU_PRESET, decoder="tiny", dtype="float32")
+    monkeypatch.setattr(backend, "progress_interval", 0.0)
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (96, 1))
+    calls = []
+    backend.render([RenderRequest(name="background", prompt="a harbour", negative_prompt="", control=ramp, prior=ramp, seed=1)],
+                   RenderSettings(width=64, height=96, steps=2, guidance=8.0), progress=lambda *a: calls.append(a))
+    decoding = [s for _, s, total in calls if step_text(s, total) == "decoding"]
+    assert len(decoding) >= 2 and decoding == sorted(decoding) and all(1 < s < 2 for s in decoding)
+
+
+def test_repainting_encodes_and_decodes_through_the_tiny_decoder(cached_lcm):
+    """Model-mode compose and decompose start from pixels: the tiny decoder's encoder takes them to latents."""
+    import numpy as np
+
+    from layers.backends.base import RenderSettings, RepaintRequest
+    from layers.backends.diffusers import DiffusersBackend
+
+    backend = DiffusersBackend(model=CPU_PRESET, decoder="tiny", dtype="float32")
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (96, 64, 3), dtype=np.uint8))
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (96, 1))
+    mask = np.zeros((96, 64), np.float32)
+    mask[30:60, 20:40] = 1
+    requests = [RepaintRequest(name="background", prompt="a harbour", negative_prompt="", image=picture,
+                               control=ramp, seed=3, mask=mask),
+                RepaintRequest(name="composite", prompt="a harbour", negative_prompt="", image=picture,
+                               control=ramp, seed=3, denoise=0.5)]
+    out = backend.repaint(requests, RenderSettings(width=64, height=96, steps=2, guidance=8.0))
+    inpainted, redrawn = (np.asarray(im) for im in out.images)
+    assert inpainted.shape == redrawn.shape == (96, 64, 3)
+    assert (inpainted[mask == 0] == np.asarray(picture)[mask == 0]).all()  # kept outside the mask
+    assert np.abs(inpainted[mask == 1].astype(int) - np.asarray(picture)[mask == 1]).mean() > 5
+    assert type(backend.repaint_pipeline("inpaint").vae).__name__ == "AutoencoderTiny"
 
 
 @pytest.fixture(scope="module")

@@ -249,6 +249,25 @@ def build_depth_anything(out: str | Path, *, metric: bool = False) -> Path:
     return out
 
 
+def build_taesd(out: str | Path) -> Path:
+    """Save a tiny AutoencoderTiny (TAESD's architecture: four stages, 8x up/down, 4 latent channels) in `out`.
+
+    Args:
+        out: folder to write (config.json, diffusion_pytorch_model.safetensors), as madebyollin/taesd ships.
+
+    Returns:
+        The folder.
+    """
+    import torch
+    from diffusers import AutoencoderTiny
+
+    out = Path(out)
+    torch.manual_seed(0)
+    AutoencoderTiny(encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+                    num_encoder_blocks=(1, 1, 1, 1), num_decoder_blocks=(1, 1, 1, 1)).save_pretrained(str(out))
+    return out
+
+
 def build_dpt(out: str | Path) -> Path:
     """Save a tiny DPT (ViT backbone) depth estimator with its image processor in `out`.
 
@@ -283,7 +302,7 @@ def build_dpt(out: str | Path) -> Path:
 if __name__ == "__main__":
     root = Path(sys.argv[1] if len(sys.argv) > 1 else "tiny_models")
     for name, build in (("sd15", build_sd15), ("sdxl", build_sdxl), ("depth_anything", build_depth_anything),
-                        ("dpt", build_dpt)):
+                        ("dpt", build_dpt), ("taesd", build_taesd)):
         path = build(root / name)
         size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         print(f"{path}: {size / 1e6:.2f} MB")

@@ -6,8 +6,9 @@ when its weights are already on this machine. Deciding never touches the network
 empty cache starts in draft mode immediately instead of downloading gigabytes or waiting on hub retries.
 
 Without an accelerator, `--backend diffusers` with no `--model` takes the few-step preset (lcm-sd15, 4 steps),
-in bfloat16 where the CPU computes it natively: 25 steps of the full SD1.5 preset in float32 are many minutes per
-stack on a CPU. `--model sd15` still picks the full preset (float32 unless --dtype says otherwise).
+in bfloat16 where the CPU computes it natively, decoding with the tiny decoder (TAESD) where the full VAE would
+take a third of the stack's time: 25 steps of the full SD1.5 preset in float32 are many minutes per stack on a
+CPU. `--model sd15` still picks the full preset (float32 and the full VAE unless --dtype / --decoder say otherwise).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Optional
 
 from ..models import cached_files, parse_model_source
 from .base import ModelUnavailableError
-from .diffusers import DEFAULT_PRESET, PRESETS
+from .diffusers import DEFAULT_PRESET, PRESETS, TINY_DECODERS
 
 CPU_PRESET = "lcm-sd15"
 """The preset `--backend diffusers` takes without an accelerator (and `auto` looks for in the cache)."""
@@ -30,6 +31,10 @@ CPU_STACK_SECONDS = 150
 """A 512x768 lcm-sd15 stack (3 layers, 4 steps, bfloat16, matting, composite) on 2 idle CPU cores with AMX:
 bench/bench_cpu_stack.py measured 150.3 s wall (196 CPU-seconds) with nothing else running (2026-12-01). Where the
 CPU has no native bfloat16 the preset renders in float32, about 4 times slower."""
+
+FULL_DECODER_EXTRA_SECONDS = 25
+"""What `--decoder full` adds to that stack on a CPU: the full VAE decodes the 3-layer batch in 27.6 s where the tiny
+decoder takes 2.6 s (bench/bench_cpu_speedups.py, 2026-12-02)."""
 
 DRAFT_PREFIX = "Draft mode: procedural layout preview, no model weights loaded"
 
@@ -63,8 +68,8 @@ def cpu_dtype() -> str:
     return "bfloat16" if native else "float32"
 
 
-def weights_cached(model: str, controlnet: Optional[str] = None) -> bool:
-    """Whether `model` (a preset, hub id or folder) and its depth ControlNet load without a download."""
+def weights_cached(model: str, controlnet: Optional[str] = None, decoder: str = "full") -> bool:
+    """Whether `model` (a preset, hub id or folder), its depth ControlNet and `decoder` load without a download."""
     preset = PRESETS.get(model)
     try:
         src = parse_model_source(preset.model if preset else model, "model")
@@ -72,7 +77,10 @@ def weights_cached(model: str, controlnet: Optional[str] = None) -> bool:
         cn_src = parse_model_source(cn, "controlnet") if cn else None
     except ModelUnavailableError:
         return False
-    return cached_files(src, pipeline=True) and (cn_src is None or cached_files(cn_src, pipeline=False))
+    tiny = decoder == "tiny"  # auto takes it on its own only for the CPU preset, an SD1.5 model
+    return (cached_files(src, pipeline=True, without=("vae",) if tiny else ())
+            and (cn_src is None or cached_files(cn_src, pipeline=False))
+            and (not tiny or cached_files(parse_model_source(TINY_DECODERS["sd15"], "tiny decoder"), pipeline=False)))
 
 
 def cpu_cost() -> str:
@@ -85,6 +93,7 @@ def _cpu_options(options: dict, model: str) -> dict:
     picked = dict(options, model=model)
     if model == CPU_PRESET:
         picked.setdefault("dtype", cpu_dtype())
+        picked.setdefault("decoder", "tiny")
     return picked
 
 
@@ -108,13 +117,17 @@ def choose(name: str, options: dict) -> tuple[str, dict, Optional[str]]:
         if options.get("model"):
             return "diffusers", picked, None
         notice = (f"No GPU here: rendering on the CPU with the few-step {CPU_PRESET} preset "
-                  f"({PRESETS[CPU_PRESET].steps} steps, {picked['dtype']}; {cpu_cost()}); --model "
-                  f"{DEFAULT_PRESET} takes the full preset ({PRESETS[DEFAULT_PRESET].steps} steps)")
+                  f"({PRESETS[CPU_PRESET].steps} steps, {picked['dtype']}, {picked['decoder']} decoder; {cpu_cost()}); "
+                  f"--decoder full decodes with the model's VAE (sharper, about {FULL_DECODER_EXTRA_SECONDS} s more), "
+                  f"--model {DEFAULT_PRESET} takes the full preset ({PRESETS[DEFAULT_PRESET].steps} steps)")
         return "diffusers", picked, notice
-    # auto on a CPU: the model only when nothing has to be downloaded
+    # auto on a CPU: the model only when nothing has to be downloaded (the full VAE when the tiny decoder is not)
     for model in [options["model"]] if options.get("model") else [CPU_PRESET, DEFAULT_PRESET]:
-        if weights_cached(model, options.get("controlnet")):
-            return "diffusers", _cpu_options(options, model), None
+        picked = _cpu_options(options, model)
+        decoders = [picked["decoder"]] if options.get("decoder") else [picked.get("decoder", "full"), "full"]
+        for decoder in dict.fromkeys(decoders):
+            if weights_cached(model, options.get("controlnet"), decoder):
+                return "diffusers", dict(picked, decoder=decoder) if "decoder" in picked else picked, None
     if options.get("model"):
         why = f"no GPU here, and {options['model']!r} is not downloaded yet"
     else:

@@ -107,6 +107,13 @@ WHOLE_PROMPT_CHUNKS = 16
 
 BATCH_MODES = ("auto", "batched", "one_by_one")
 OFFLOAD_MODES = ("auto", "none", "model", "sequential")
+DECODERS = ("full", "tiny")
+"""How latents become pictures: "full", the model's own VAE; "tiny", TAESD (TINY_DECODERS), a 2.4M-parameter
+distilled decoder for the same latent space. On a CPU the tiny one decodes the 512x768 3-layer batch in a few
+seconds where the full VAE takes about half a minute (bench/bench_cpu_speedups.py); its pictures are a little
+softer, so the CPU preset takes it and `--decoder full` brings the VAE back."""
+TINY_DECODERS: dict[str, str] = {"sd15": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
+"""Hugging Face id of the tiny decoder (AutoencoderTiny) for each model family's latent space."""
 FALLBACK_SCALES = (0.75, 0.5)
 """Side scales tried, one layer at a time, when even one full-size layer does not fit in memory."""
 TILING_PIXELS = 1536 * 1536
@@ -115,7 +122,8 @@ TILING_PIXELS = 1536 * 1536
 
 CHANNELS_LAST_MODELS = ("unet", "controlnet")
 """The models kept in channels-last memory layout on a CPU: one UNet + ControlNet step of the 3-layer batch at
-512x768 in bfloat16 takes 15% less CPU time so (bench/bench_cpu_speedups.py, README "Benchmarks")."""
+512x768 in bfloat16 takes 15% less CPU time so (bench/bench_cpu_speedups.py, README "Benchmarks"). The tiny
+decoder is too (a third of its CPU time); the full VAE gains nothing from it and stays contiguous."""
 PROGRESS_INTERVAL = 0.5
 """Least seconds between two progress reports within a step (whole steps are always reported)."""
 
@@ -239,8 +247,11 @@ class _StepTicks:
         unet, cn, decoder = pipe.unet, pipe.controlnet, pipe.vae.decoder
         self._step_blocks = [part for m in (*unet.down_blocks, unet.mid_block, *unet.up_blocks, *cn.down_blocks,
                                             cn.mid_block) if m is not None for part in _parts(m)]
-        self._decode_blocks = [r for block in (decoder.mid_block, *decoder.up_blocks) if block is not None
-                               for r in getattr(block, "resnets", ())]
+        if _is_tiny(pipe.vae):  # TAESD: a plain stack of blocks
+            self._decode_blocks = [m for m in decoder.layers if type(m).__name__ == "AutoencoderTinyBlock"]
+        else:
+            self._decode_blocks = [r for block in (decoder.mid_block, *decoder.up_blocks) if block is not None
+                                   for r in getattr(block, "resnets", ())]
         vae = pipe.vae
         passes = images if getattr(vae, "use_slicing", False) else 1
         self._decode_ticks = max(1, len(self._decode_blocks) * passes * _tiles(vae, size, pipe.vae_scale_factor))
@@ -346,6 +357,8 @@ class DiffusersBackend:
         vae_tiling: "auto" (tiles above TILING_PIXELS on an accelerator), True or False.
         max_prompt_chunks: how many 77-token chunks a prompt may use; longer prompts are cut and reported.
         safety_checker: keep the SD1.x safety checker a model ships (it blanks flagged images).
+        decoder: "full" (the model's own VAE) or "tiny" (the family's TAESD, TINY_DECODERS: a few seconds
+            instead of half a minute to decode a stack on a CPU, slightly softer pictures; see DECODERS).
 
     Raises:
         ModelUnavailableError: the weights are not reachable (one line naming the id and how to fetch it).
@@ -365,8 +378,11 @@ class DiffusersBackend:
 
     def __init__(self, model: str = DEFAULT_PRESET, controlnet: Optional[str] = None, *, device=None, dtype=None,
                  batch: str = "auto", local_files_only: Optional[bool] = None, offload: str = "auto",
-                 vae_tiling="auto", max_prompt_chunks: int = 4, safety_checker: bool = False):
+                 vae_tiling="auto", max_prompt_chunks: int = 4, safety_checker: bool = False,
+                 decoder: str = "full"):
         self._check_options(batch, offload, vae_tiling, max_prompt_chunks)
+        if decoder not in DECODERS:
+            raise ValueError(f"decoder must be one of {', '.join(DECODERS)}, got {decoder!r}")
         (ControlNetModel, DiffusionPipeline, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline,
          UNet2DConditionModel) = _import_diffusers()
 
@@ -392,13 +408,17 @@ class DiffusersBackend:
         torch_dtype = _dtype_from(dtype, dev.type)
         cn = load_pretrained(ControlNetModel.from_pretrained, cn_src, "controlnet", local_only, dtype=torch_dtype)
         kwargs: dict[str, Any] = {"controlnet": cn, "dtype": torch_dtype}
+        if decoder == "tiny":  # passed in, so from_pretrained neither downloads nor loads the model's own VAE
+            kwargs["vae"] = load_tiny_decoder(family, torch_dtype, local_only)
         if family == "sd15":
             pipe_cls = StableDiffusionControlNetPipeline
             if not safety_checker:
                 kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         else:
             pipe_cls = StableDiffusionXLControlNetPipeline
-        pipe = load_pretrained(pipe_cls.from_pretrained, model_src, "model", local_only, **kwargs)
+        # pipelines type-hint an AutoencoderKL and warn about any other decoder, which every SD pipeline can use
+        with _muted("diffusers.pipelines.pipeline_utils") if decoder == "tiny" else contextlib.nullcontext():
+            pipe = load_pretrained(pipe_cls.from_pretrained, model_src, "model", local_only, **kwargs)
         if preset is not None and preset.scheduler:
             _swap_scheduler(pipe, preset.scheduler)
 
@@ -509,6 +529,8 @@ class DiffusersBackend:
             "device": str(self._device),
             "placement": placement,
             "memory_format": memory_format or "contiguous",
+            "decoder": "tiny" if _is_tiny(pipe.vae) else "full",
+            "decoder_model": TINY_DECODERS[family] if _is_tiny(pipe.vae) else model_label,
             "few_step": self.few_step,
             "text_encoder_max_tokens": int(tok.model_max_length),
             "max_prompt_chunks": max_prompt_chunks,
@@ -526,7 +548,8 @@ class DiffusersBackend:
         bench/bench_cpu_speedups.py, CHANNELS_LAST_MODELS. Returns the layout for model_info."""
         import torch
 
-        for name in CHANNELS_LAST_MODELS:
+        names = CHANNELS_LAST_MODELS + (("vae",) if _is_tiny(self.pipe.vae) else ())
+        for name in names:
             module = getattr(self.pipe, name, None)
             if module is not None:
                 module.to(memory_format=torch.channels_last)
@@ -895,13 +918,10 @@ class DiffusersBackend:
             # from_pipe casts the new pipeline to `dtype` (float32 when none is given), and its modules are the
             # loaded pipeline's own: without the loaded dtype a float16 model would be cast to float32 in place.
             # from_pipe's .to(dtype) of modules already in that dtype changes nothing but warns once per module.
-            notices = logging.getLogger("diffusers.models.modeling_utils")
-            level = notices.level
-            notices.setLevel(logging.ERROR)
-            try:
-                pipe = classes[(self.family, kind)].from_pipe(self.pipe, dtype=self.pipe.unet.dtype)
-            finally:
-                notices.setLevel(level)
+            # The decoder is handed over explicitly: from_pipe leaves out (then fails on) a component whose type
+            # differs from the pipeline's type hint, as the tiny decoder's does.
+            with _muted("diffusers.models.modeling_utils", "diffusers.pipelines.pipeline_utils"):
+                pipe = classes[(self.family, kind)].from_pipe(self.pipe, dtype=self.pipe.unet.dtype, vae=self.pipe.vae)
             pipe.set_progress_bar_config(disable=True)
             self._repaint_pipes[kind] = pipe
         return pipe
@@ -1136,16 +1156,38 @@ def _import_diffusers():
     PIL versions as diffusers' pipeline modules import them; the PIL versions are exactly what is wanted here,
     so those import-time notices are muted.
     """
-    notices = logging.getLogger("transformers.utils.import_utils")
-    level = notices.level
-    notices.setLevel(logging.ERROR)
-    try:
+    with _muted("transformers.utils.import_utils"):
         from diffusers import (ControlNetModel, DiffusionPipeline, StableDiffusionControlNetPipeline,
                                StableDiffusionXLControlNetPipeline, UNet2DConditionModel)
-    finally:
-        notices.setLevel(level)
     return (ControlNetModel, DiffusionPipeline, StableDiffusionControlNetPipeline, StableDiffusionXLControlNetPipeline,
             UNet2DConditionModel)
+
+
+@contextlib.contextmanager
+def _muted(*names: str):
+    """Loggers `names` show errors only, for the duration."""
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def _is_tiny(vae) -> bool:
+    return type(vae).__name__ == "AutoencoderTiny"
+
+
+def load_tiny_decoder(family: str, dtype, local_only: bool):
+    """The family's tiny decoder (TINY_DECODERS, an AutoencoderTiny), cache first like every other model."""
+    from diffusers import AutoencoderTiny
+
+    src = parse_model_source(TINY_DECODERS[family], "tiny decoder")
+    with _muted("diffusers.configuration_utils"):  # TAESD's config.json also records its decoder's channels
+        return load_pretrained(AutoencoderTiny.from_pretrained, src, "tiny decoder", local_only, dtype=dtype)
 
 
 def _detect_family(index: dict, unet_config: dict) -> str:
@@ -1182,5 +1224,5 @@ def _swap_scheduler(pipe, name: str):
         raise ValueError(f"unknown scheduler {name!r}")
 
 
-__all__ = ["DEPTH_CONTROLNETS", "DiffusersBackend", "ISOLATION_NEGATIVE", "ISOLATION_PROMPT", "PRESETS", "Preset",
-           "RenderMemoryError"]
+__all__ = ["DECODERS", "DEPTH_CONTROLNETS", "DiffusersBackend", "ISOLATION_NEGATIVE", "ISOLATION_PROMPT", "PRESETS",
+           "Preset", "RenderMemoryError", "TINY_DECODERS", "load_tiny_decoder"]
