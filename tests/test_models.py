@@ -164,7 +164,8 @@ def test_on_a_cpu_diffusers_defaults_to_the_few_step_preset_and_says_so(online):
     assert f"{CPU_PRESET} preset (4 steps, {cpu_dtype()}, tiny decoder" in notice and "--model sd15" in notice
     assert "\n" not in notice and f"about {CPU_STACK_SECONDS} s" in notice and "--decoder full" in notice
     assert choose("diffusers", {"dtype": "float32"})[1]["dtype"] == "float32"
-    assert choose("diffusers", {"decoder": "full"})[1]["decoder"] == "full"
+    _, options, notice = choose("diffusers", {"decoder": "full"})
+    assert options["decoder"] == "full" and "full decoder" in notice and "--decoder tiny" in notice
     assert choose("diffusers", {"model": "sd15"}) == ("diffusers", {"model": "sd15"}, None)
     assert choose("diffusers", {"device": "cuda"})[1] == {"device": "cuda"}
 

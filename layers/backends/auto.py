@@ -116,10 +116,12 @@ def choose(name: str, options: dict) -> tuple[str, dict, Optional[str]]:
         picked = _cpu_options(options, options.get("model") or CPU_PRESET)
         if options.get("model"):
             return "diffusers", picked, None
+        other = ("--decoder full decodes with the model's VAE (sharper, about "
+                 f"{FULL_DECODER_EXTRA_SECONDS} s more)" if picked["decoder"] == "tiny" else
+                 f"--decoder tiny decodes about {FULL_DECODER_EXTRA_SECONDS} s faster")
         notice = (f"No GPU here: rendering on the CPU with the few-step {CPU_PRESET} preset "
                   f"({PRESETS[CPU_PRESET].steps} steps, {picked['dtype']}, {picked['decoder']} decoder; {cpu_cost()}); "
-                  f"--decoder full decodes with the model's VAE (sharper, about {FULL_DECODER_EXTRA_SECONDS} s more), "
-                  f"--model {DEFAULT_PRESET} takes the full preset ({PRESETS[DEFAULT_PRESET].steps} steps)")
+                  f"{other}; --model {DEFAULT_PRESET} takes the full preset ({PRESETS[DEFAULT_PRESET].steps} steps)")
         return "diffusers", picked, notice
     # auto on a CPU: the model only when nothing has to be downloaded (the full VAE when the tiny decoder is not)
     for model in [options["model"]] if options.get("model") else [CPU_PRESET, DEFAULT_PRESET]:
