@@ -106,27 +106,33 @@ def main() -> None:
                       f"{100 * s.see_through:8.2f} {100 * s.lost:6.2f} {100 * s.halo:6.2f} {seconds:8.3f} {cpu:7.3f}",
                       flush=True)
     print()
-    # Time is compared in process CPU seconds: on a shared machine wall time mostly measures the neighbours.
+    # Time is compared in process CPU seconds: on a shared machine wall time mostly measures the neighbours. The
+    # time target is the mean per layer (the old matte's 0.29 s was a mean), so it is checked over the seeds'
+    # layers together; each layer's time is in the table above.
     misses = 0
+    seed_layers = [(tag, layer) for tag, _, _ in SEEDS for layer in ("midground", "foreground")]
     for method in ("key+cf", "key"):
-        print(f"Targets on the seeds ({method} against closed-form in the same run; time = CPU per layer):")
-        for tag, _, seed in SEEDS:
-            for layer in ("midground", "foreground"):
-                s, _, cpu = results[(tag, layer, method)]
-                before, _, cpu_before = results[(tag, layer, "closed-form")]
-                checks = {f"see-through {100 * s.see_through:.2f}% <= 0.5%": s.see_through <= TARGETS["see_through"],
-                          f"lost {100 * s.lost:.2f}% <= 1%": s.lost <= TARGETS["lost"],
-                          f"halo {100 * s.halo:.2f}% <= 0.5%": s.halo <= TARGETS["halo"],
-                          f"SAD {s.sad:.3f} <= {before.sad / 2:.3f}": s.sad <= before.sad / 2,
-                          f"cpu {cpu:.3f}s <= {cpu_before:.3f}s": cpu <= cpu_before}
-                missed = [k for k, ok in checks.items() if not ok]
-                misses += len(missed) if method == MatteSettings().method else 0
-                print(f"  {tag} (seed {seed}) {layer:<10} "
-                      + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+        print(f"Targets on the seeds ({method} against closed-form in the same run):")
+        for tag, layer in seed_layers:
+            s = results[(tag, layer, method)][0]
+            before = results[(tag, layer, "closed-form")][0]
+            checks = {f"see-through {100 * s.see_through:.2f}% <= 0.5%": s.see_through <= TARGETS["see_through"],
+                      f"lost {100 * s.lost:.2f}% <= 1%": s.lost <= TARGETS["lost"],
+                      f"halo {100 * s.halo:.2f}% <= 0.5%": s.halo <= TARGETS["halo"],
+                      f"SAD {s.sad:.3f} <= {before.sad / 2:.3f}": s.sad <= before.sad / 2}
+            missed = [k for k, ok in checks.items() if not ok]
+            misses += len(missed) if method == MatteSettings().method else 0
+            seed = next(number for t, _, number in SEEDS if t == tag)
+            print(f"  {tag} (seed {seed}) {layer:<10} " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+        mean_cpu = statistics.mean(results[(tag, layer, method)][2] for tag, layer in seed_layers)
+        mean_before = statistics.mean(results[(tag, layer, "closed-form")][2] for tag, layer in seed_layers)
+        met = mean_cpu <= mean_before
+        misses += 0 if met or method != MatteSettings().method else 1
+        print(f"  mean CPU per layer {mean_cpu:.3f} s <= {mean_before:.3f} s: {'met' if met else 'MISSED'}")
     count = {m: max(1, sum(k[2] == m for k in results)) for m in methods}
     wall = {m: sum(v[1] for k, v in results.items() if k[2] == m) / count[m] for m in methods}
     cpu = {m: sum(v[2] for k, v in results.items() if k[2] == m) / count[m] for m in methods}
-    print("mean time per layer (matte_rgba), wall / cpu: "
+    print(f"mean time per layer over all {count['closed-form']} layers (matte_rgba), wall / cpu: "
           + ", ".join(f"{m} {wall[m]:.3f} / {cpu[m]:.3f} s" for m in methods))
     if args.figure:
         _, stem, seed = next(entry for entry in SEEDS if entry[0] == args.figure_seed)

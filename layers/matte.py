@@ -268,7 +268,7 @@ def _key(rgb: np.ndarray, sure_fg: np.ndarray, sure_bg: np.ndarray, settings: Ma
     dist = np.sqrt(_dot3(diff, diff))
     clear = (dist <= max(2.5 / 255.0, 4.0 * noise)) & ~sure_fg
     clear |= sure_bg
-    near_clear = ndimage.binary_dilation(clear, structure=np.ones((3, 3), bool), iterations=settings.edge_px)
+    near_clear = _grow(clear, settings.edge_px)
     edge = near_clear & ~clear & ~sure_fg
     solid = ~clear & ~edge
     alpha = solid.astype(np.float32)
@@ -291,16 +291,25 @@ def _key(rgb: np.ndarray, sure_fg: np.ndarray, sure_bg: np.ndarray, settings: Ma
         a[ok] = np.sqrt(_dot3(d[ok], d[ok]) / den[ok])
         # No solid pixel close by (a speck or a hair thinner than the edge zone): the most distinct pixel
         # around stands for full coverage.
-        peak = ndimage.maximum_filter(dist, size=2 * reach + 1)[ys[~ok], xs[~ok]]
-        a[~ok] = dist[ys[~ok], xs[~ok]] / np.maximum(peak, 1e-6)
+        if not ok.all():
+            peak = ndimage.maximum_filter(dist, size=2 * reach + 1)[ys[~ok], xs[~ok]]
+            a[~ok] = dist[ys[~ok], xs[~ok]] / np.maximum(peak, 1e-6)
         alpha[ys, xs] = np.clip(a, 0.0, 1.0)
         if settings.method == "key+cf":
             # Refine where keying left a fractional alpha, and the edge pixels next to them (keyed solid, but
             # often a little less than that: without them SAD rises by up to 80 % on the draft seeds).
             doubt = (alpha > 0.0) & (alpha < 1.0) & edge
-            unknown = ndimage.binary_dilation(doubt, structure=np.ones((3, 3), bool)) & edge
+            unknown = _grow(doubt, 1) & edge
             alpha[unknown] = _edge_closed_form(rgb, alpha, unknown)
     return alpha, back, clear
+
+
+def _grow(mask: np.ndarray, px: int) -> np.ndarray:
+    """A mask grown by ``px`` pixels in the chessboard metric: a (2 px + 1)-square maximum filter, separable, so
+    several times faster than ``binary_dilation`` with a 3 x 3 element repeated ``px`` times (the same result)."""
+    from scipy import ndimage
+
+    return ndimage.maximum_filter(mask.view(np.uint8), size=2 * px + 1, mode="constant", cval=0).view(bool)
 
 
 def _edge_closed_form(rgb: np.ndarray, alpha: np.ndarray, edge: np.ndarray, eps: float = 1e-5,
