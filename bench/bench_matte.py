@@ -177,7 +177,8 @@ def figure(out: Path, prompt: str, seed: int, width: int, height: int) -> None:
         for c, tile in enumerate(tiles):
             sheet.paste(tile.resize((w // 2, h // 2), Image.LANCZOS), (c * w // 2, r * h // 2))
     sheet.save(out / "sheet.png")
-    print(f"figure: {out / 'sheet.png'} (top: closed-form, bottom: default matte; composite, midground, foreground, frame)")
+    print(f"figure: {out / 'sheet.png'} (top: closed-form, bottom: default matte; "
+          "composite, midground, foreground, frame)")
 
 
 def over_checkerboard(rgba, cell: int = 16):

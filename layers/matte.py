@@ -14,8 +14,8 @@ Two ways, one result (float32 alpha in [0, 1]):
   alpha is the colour's distance from the backdrop relative to the nearest solid pixel's. That guess of the
   subject's colour is off where the colour changes across the rim (rim light, shading), so the edge pixels
   keying left fractional, and their neighbours, are solved again by closed-form matting built on their own
-  windows, every other pixel held at its keyed alpha (SAD about half of keying's, at about twice its time;
-  the cost follows the edge's length). ``method="key"`` is keying alone; ``method="closed-form"`` solves
+  windows, every other pixel held at its keyed alpha (SAD about half of keying's on most layers, at about
+  twice its time; the cost follows the edge's length). ``method="key"`` is keying alone; ``method="closed-form"`` solves
   closed-form matting (pymatting) on the prior's whole trimap, the matte before keying, kept for comparison.
 - **With a rembg session** (``new_matte_session``): the same offline matte, united with the segmenter's mask
   where keying cannot tell -- patches of the backdrop's colour cut off from the backdrop by the subject.
