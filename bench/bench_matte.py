@@ -1,6 +1,6 @@
 """Matting benchmark: every matting method against the true coverage of draft layers, side by side in one run.
 
-Usage: .venv/bin/python bench/bench_matte.py [--size 512x768] [--quick] [--figure DIR]
+Usage: .venv/bin/python bench/bench_matte.py [--size 512x768] [--quick] [--figure DIR [--figure-seed 001]]
 
 The draft backend knows the exact coverage it paints (``DraftBackend.render_with_coverage``), so each matte of
 the midground and foreground is scored against the right answer (``layers.matte_score``): SAD, MSE and gradient
@@ -10,10 +10,10 @@ three seed prompts (the targets), and prompts for figures, thin parts, scattered
 
 Methods (all through ``layers.matte``'s public functions):
 - closed-form     the offline matte before keying: closed-form matting of the prior's trimap;
-- key             known-backdrop keying (the default);
-- key+cf          keying, edge band refined by closed-form matting;
+- key+cf          keying, its edge refined by closed-form matting (the default);
+- key             known-backdrop keying alone;
 - rembg           the segmenter's mask alone, limited to the prior's band (the rule before keying);
-- rembg+key       the segmenter's mask united with keying (the model-mode rule).
+- rembg+key+cf    the segmenter's mask united with the default matte (the model-mode rule).
 The rembg rows use a real rembg session (``u2net_custom``); with no real weights on the machine (``--model``
 unset) it runs a tiny one-blob ONNX model built here, which keeps one central subject and drops the rest --
 a stand-in for a salient-object segmenter, not a measurement of one.
@@ -49,7 +49,8 @@ def main() -> None:
     ap.add_argument("--size", default="512x768")
     ap.add_argument("--quick", action="store_true", help="the three seeds only")
     ap.add_argument("--model", help="a real rembg model name or .onnx under U2NET_HOME (default: tiny blob model)")
-    ap.add_argument("--figure", help="write a look at the seed 000 stack (key vs closed-form) into this folder")
+    ap.add_argument("--figure", help="write a look at a seed's stack (default matte vs closed-form) into this folder")
+    ap.add_argument("--figure-seed", default="000", choices=[tag for tag, _, _ in SEEDS], help="the seed to look at")
     args = ap.parse_args()
     width, height = map(int, args.size.split("x"))
 
@@ -69,10 +70,10 @@ def main() -> None:
         session_name = "tiny one-blob ONNX (no real weights here)"
     methods = {
         "closed-form": (MatteSettings(method="closed-form"), None),
-        "key": (MatteSettings(), None),
-        "key+cf": (MatteSettings(method="key+cf"), None),
+        "key+cf": (MatteSettings(), None),
+        "key": (MatteSettings(method="key"), None),
         "rembg": (MatteSettings(method="closed-form"), session),
-        "rembg+key": (MatteSettings(), session),
+        "rembg+key+cf": (MatteSettings(), session),
     }
 
     cases = [(tag, (ROOT / "seeds" / f"{stem}.txt").read_text(encoding="utf-8"), seed) for tag, stem, seed in SEEDS]
@@ -81,7 +82,7 @@ def main() -> None:
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"] * 3
     print(f"Layercake matting benchmark: {width}x{height}, draft layers scored against their true coverage; "
           f"{os.cpu_count()} cores, load average {' '.join(load)}; rembg session: {session_name}")
-    head = (f"{'case':<8} {'layer':<10} {'method':<12} {'SAD':>7} {'MSE':>8} {'grad':>7} {'see-thr%':>8} "
+    head = (f"{'case':<8} {'layer':<10} {'method':<13} {'SAD':>7} {'MSE':>8} {'grad':>7} {'see-thr%':>8} "
             f"{'lost%':>6} {'halo%':>6} {'s/layer':>8} {'cpu s':>7}")
     print(head)
     print("-" * len(head))
@@ -101,40 +102,46 @@ def main() -> None:
                 s = score_matte(matte_layer(case.rgb, case.prior, settings=settings, session=sess), case.truth)
                 seconds, cpu = statistics.median(walls), statistics.median(cpus)
                 results[(tag, case.name, name)] = (s, seconds, cpu)
-                print(f"{tag:<8} {case.name:<10} {name:<12} {s.sad:7.3f} {s.mse:8.5f} {s.gradient:7.3f} "
+                print(f"{tag:<8} {case.name:<10} {name:<13} {s.sad:7.3f} {s.mse:8.5f} {s.gradient:7.3f} "
                       f"{100 * s.see_through:8.2f} {100 * s.lost:6.2f} {100 * s.halo:6.2f} {seconds:8.3f} {cpu:7.3f}",
                       flush=True)
     print()
-    # Time is compared in process CPU seconds: on a shared machine wall time mostly measures the neighbours.
+    # Time is compared in process CPU seconds: on a shared machine wall time mostly measures the neighbours. The
+    # time target is the mean per layer (the old matte's 0.29 s was a mean), so it is checked over the seeds'
+    # layers together; each layer's time is in the table above.
     misses = 0
-    for method in ("key", "key+cf"):
-        print(f"Targets on the seeds ({method} against closed-form in the same run; time = CPU per layer):")
-        for tag, _, seed in SEEDS:
-            for layer in ("midground", "foreground"):
-                s, _, cpu = results[(tag, layer, method)]
-                before, _, cpu_before = results[(tag, layer, "closed-form")]
-                checks = {f"see-through {100 * s.see_through:.2f}% <= 0.5%": s.see_through <= TARGETS["see_through"],
-                          f"lost {100 * s.lost:.2f}% <= 1%": s.lost <= TARGETS["lost"],
-                          f"halo {100 * s.halo:.2f}% <= 0.5%": s.halo <= TARGETS["halo"],
-                          f"SAD {s.sad:.3f} <= {before.sad / 2:.3f}": s.sad <= before.sad / 2,
-                          f"cpu {cpu:.3f}s <= {cpu_before:.3f}s": cpu <= cpu_before}
-                missed = [k for k, ok in checks.items() if not ok]
-                misses += len(missed) if method == "key" else 0
-                print(f"  {tag} (seed {seed}) {layer:<10} "
-                      + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+    seed_layers = [(tag, layer) for tag, _, _ in SEEDS for layer in ("midground", "foreground")]
+    for method in ("key+cf", "key"):
+        print(f"Targets on the seeds ({method} against closed-form in the same run):")
+        for tag, layer in seed_layers:
+            s = results[(tag, layer, method)][0]
+            before = results[(tag, layer, "closed-form")][0]
+            checks = {f"see-through {100 * s.see_through:.2f}% <= 0.5%": s.see_through <= TARGETS["see_through"],
+                      f"lost {100 * s.lost:.2f}% <= 1%": s.lost <= TARGETS["lost"],
+                      f"halo {100 * s.halo:.2f}% <= 0.5%": s.halo <= TARGETS["halo"],
+                      f"SAD {s.sad:.3f} <= {before.sad / 2:.3f}": s.sad <= before.sad / 2}
+            missed = [k for k, ok in checks.items() if not ok]
+            misses += len(missed) if method == MatteSettings().method else 0
+            seed = next(number for t, _, number in SEEDS if t == tag)
+            print(f"  {tag} (seed {seed}) {layer:<10} " + ("all met" if not missed else "MISSED: " + "; ".join(missed)))
+        mean_cpu = statistics.mean(results[(tag, layer, method)][2] for tag, layer in seed_layers)
+        mean_before = statistics.mean(results[(tag, layer, "closed-form")][2] for tag, layer in seed_layers)
+        met = mean_cpu <= mean_before
+        misses += 0 if met or method != MatteSettings().method else 1
+        print(f"  mean CPU per layer {mean_cpu:.3f} s <= {mean_before:.3f} s: {'met' if met else 'MISSED'}")
     count = {m: max(1, sum(k[2] == m for k in results)) for m in methods}
     wall = {m: sum(v[1] for k, v in results.items() if k[2] == m) / count[m] for m in methods}
     cpu = {m: sum(v[2] for k, v in results.items() if k[2] == m) / count[m] for m in methods}
-    print("mean time per layer (matte_rgba), wall / cpu: "
+    print(f"mean time per layer over all {count['closed-form']} layers (matte_rgba), wall / cpu: "
           + ", ".join(f"{m} {wall[m]:.3f} / {cpu[m]:.3f} s" for m in methods))
     if args.figure:
-        figure(Path(args.figure), (ROOT / "seeds" / "000_masquerade_babel.txt").read_text(encoding="utf-8"), 3,
-               width, height)
+        _, stem, seed = next(entry for entry in SEEDS if entry[0] == args.figure_seed)
+        figure(Path(args.figure), (ROOT / "seeds" / f"{stem}.txt").read_text(encoding="utf-8"), seed, width, height)
     sys.exit(1 if misses else 0)
 
 
 def figure(out: Path, prompt: str, seed: int, width: int, height: int) -> None:
-    """Composite, each layer over a checkerboard, and a parallax frame, closed-form (top) vs key (bottom)."""
+    """Composite, each layer over a checkerboard, and a parallax frame, closed-form (top) vs the default (bottom)."""
     import numpy as np
     from PIL import Image
 
@@ -149,7 +156,7 @@ def figure(out: Path, prompt: str, seed: int, width: int, height: int) -> None:
     plan = plan_scene(prompt, seed, width=width, height=height)
     rows = []
     original = pipeline.matte_rgba
-    for method in ("closed-form", "key"):
+    for method in ("closed-form", MatteSettings().method):
         settings = MatteSettings(method=method)
         pipeline.matte_rgba = lambda image, prior, session=None, _s=settings: original(image, prior, session=session,
                                                                                       settings=_s)
@@ -170,7 +177,8 @@ def figure(out: Path, prompt: str, seed: int, width: int, height: int) -> None:
         for c, tile in enumerate(tiles):
             sheet.paste(tile.resize((w // 2, h // 2), Image.LANCZOS), (c * w // 2, r * h // 2))
     sheet.save(out / "sheet.png")
-    print(f"figure: {out / 'sheet.png'} (top: closed-form, bottom: key; composite, midground, foreground, frame)")
+    print(f"figure: {out / 'sheet.png'} (top: closed-form, bottom: default matte; "
+          "composite, midground, foreground, frame)")
 
 
 def over_checkerboard(rgba, cell: int = 16):
