@@ -50,8 +50,9 @@ def main() -> None:
     ap.add_argument("--dry-run", action="store_true", help="tiny configs at 96x64: check the code")
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: what the CPU default preset uses here")
-    ap.add_argument("--decoders", default="tiny,full",
-                    help="stacks to time, in order: tiny (TAESD, the CPU preset's) and/or full (the SD1.5 VAE)")
+    ap.add_argument("--runs", default="plate+tiny,scaffold+tiny,plate+full",
+                    help="stacks to time, in order, as COMPOSITION+DECODER: plate (what generate does with a model) "
+                         "or scaffold; tiny (TAESD, the CPU preset's) or full (the SD1.5 VAE)")
     args = ap.parse_args()
 
     import torch
@@ -81,14 +82,42 @@ def main() -> None:
                 "tiny": AutoencoderTiny(**(tiny(TAESD) if args.dry_run else TAESD)).to(getattr(torch, dtype)).eval()}
     print(f"built {'tiny' if args.dry_run else 'full-size'} lcm pipeline and both decoders in "
           f"{time.perf_counter() - t:.1f} s", flush=True)
-    options = GenerateOptions(steps=args.steps, guidance=8.0, video=False)
-    for decoder in args.decoders.split(","):
+    estimator = build_depth_anything_small(Path(tempfile.mkdtemp(prefix="bench_cpu_da_")), small=args.dry_run)
+    for run in args.runs.split(","):
+        composition, decoder = run.split("+")
         pipe.vae = decoders[decoder]
         backend = DiffusersBackend.from_pipeline(pipe, model="random lcm-sd15")
-        print(f"\n{decoder} decoder ({backend.model_info['decoder']}, {backend.model_info['memory_format']}):",
+        options = GenerateOptions(steps=args.steps, guidance=8.0, video=False, composition=composition,
+                                  depth_model=str(estimator), matte_model="closed-form")
+        print(f"\n{composition} composition, {decoder} decoder ({backend.model_info['memory_format']} UNet):",
               flush=True)
-        run_stack(backend, options, w, h, f"{dtype}, {decoder} decoder, {args.steps} steps")
+        run_stack(backend, options, w, h, f"{dtype}, {composition}, {decoder} decoder, {args.steps} steps")
     print(f"load average after {loadavg()} (a shared machine inflates the figure); target <= 90 s")
+
+
+def build_depth_anything_small(folder: Path, small: bool) -> Path:
+    """Depth Anything V2 Small (the plate's default estimator) from its published config, random weights, saved in
+    `folder` with its image processor, to load the user's way (a folder). small: a tiny one for --dry-run."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
+
+    if small:
+        backbone = Dinov2Config(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=4,
+                                num_attention_heads=4, intermediate_size=37,
+                                out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False)
+        cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[16, 16, 32, 32],
+                                  fusion_hidden_size=16, head_hidden_size=8)
+    else:  # depth-anything/Depth-Anything-V2-Small-hf, config.json
+        backbone = Dinov2Config(image_size=518, patch_size=14, hidden_size=384, num_hidden_layers=12,
+                                num_attention_heads=6, mlp_ratio=4, layerscale_value=1.0,
+                                out_features=["stage3", "stage6", "stage9", "stage12"], reshape_hidden_states=False)
+        cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=384, patch_size=14,
+                                  neck_hidden_sizes=[48, 96, 192, 384], reassemble_factors=[4, 2, 1, 0.5],
+                                  fusion_hidden_size=64, head_hidden_size=32, depth_estimation_type="relative")
+    side = 28 if small else 518
+    DepthAnythingForDepthEstimation(cfg).eval().save_pretrained(str(folder))
+    DPTImageProcessorPil(size={"height": side, "width": side}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                         resample=3, do_pad=False).save_pretrained(str(folder))
+    return folder
 
 
 def run_stack(backend, options, w: int, h: int, what: str) -> None:
@@ -112,12 +141,14 @@ def run_stack(backend, options, w: int, h: int, what: str) -> None:
     times = [start] + [s for s, _ in stamps] + [start + total]
     gaps = [(b - a, stamps[i - 1][1] if i else "start") for i, (a, b) in enumerate(zip(times, times[1:]))]
     longest, after = max(gaps)
-    steps_done = next((s for s, text in stamps if "decoding" in text), start + total)
     render = result.render_info.get("timings", {})
     print(f"whole stack {w}x{h}, {what}, 3 layers ({result.render_info.get('batching')}): {total:.1f} s"
           f"  (depth {result.timings['depth']:.1f}, render {result.timings['render']:.1f} [text "
-          f"{render.get('encode', 0):.1f}, pipeline {render.get('pipeline', 0):.1f}: steps until 'decoding' "
-          f"{steps_done - start:.1f}], matte {result.timings['matte']:.1f})")
+          f"{render.get('encode', 0):.1f}, pipeline {render.get('pipeline', 0):.1f}], matte "
+          f"{result.timings.get('matte', 0):.1f}; {result.render_info.get('composition')} composition)")
+    print("stages: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+    for notice in result.render_info.get("notices", []):
+        print(f"notice: {notice}")
     threads = torch.get_num_threads()
     print(f"process CPU time: {cpu:.1f} s over {threads} threads, i.e. about {cpu / threads:.0f} s of wall time where "
           f"nothing else runs (a load-independent figure on a shared machine)")

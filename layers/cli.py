@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line. Returns the exit code."""
+    from .models import add_load_listener, remove_load_listener
+
+    add_load_listener(_say_downloads)
     try:
         args = build_parser().parse_args(argv)
         code = {"plan": _cmd_plan, "generate": _cmd_generate, "decompose": _cmd_decompose,
@@ -180,6 +183,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: internal failure: {type(exc).__name__}: {exc} (set LAYERCAKE_DEBUG=1 for details)",
               file=sys.stderr)
         return EXIT_FAILURE
+    finally:
+        remove_load_listener(_say_downloads)
+
+
+def _say_downloads(line: str) -> None:
+    """A model download starts (minutes on a first run): say which, before huggingface_hub's progress bars."""
+    if line.startswith("downloading"):
+        print(f"layercake: {line}", file=sys.stderr, flush=True)
 
 
 def read_prompt_file(path: Path) -> str:

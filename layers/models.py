@@ -246,8 +246,8 @@ def require_hub(src: ModelSource, what: str) -> None:
     reason = hub_unreachable_reason()
     if reason is not None:
         raise ModelUnavailableError(unavailable_message(src, what, False, None, unreachable=reason))
-    _announce(f"downloading {what} {src.label} from {hub_endpoint()} into {hub_cache()} (once; it resumes if "
-              f"interrupted)")
+    _announce(f"downloading {what} {src.label} from {hub_endpoint()} into {hub_cache()} (once; a dropped connection "
+              f"resumes)")
 
 
 def load_pretrained(loader, src: ModelSource, what: str, local_only: bool, **kwargs):

@@ -204,7 +204,7 @@ def test_a_first_load_downloads_with_a_progress_bar_and_one_line_then_the_cache_
     assert cached_file(tmp_path, WEIGHTS).read_bytes() == hub.files[WEIGHTS]
     downloading = [line for line in lines if line.startswith("downloading")]
     assert downloading == [f"downloading tiny decoder {REPO} from {hub.url} into {tmp_path / 'hf_home' / 'hub'} "
-                           "(once; it resumes if interrupted)"]
+                           "(once; a dropped connection resumes)"]
     # huggingface_hub's bar as tqdm draws it on a terminal: the file, its size (bytes, scaled), the time spent and
     # left, the speed; e.g. "diffusion_pytorch_model.safetensors: 100%|███| 79.7k/79.7k [00:00<00:00, 129MB/s]"
     from tqdm import tqdm
@@ -267,3 +267,31 @@ def test_once_downloaded_hf_hub_offline_loads_from_the_cache_without_a_request(h
     vae = load(local_only=models.hub_offline())
     assert same_weights(vae, tiny_taesd_dir)
     assert len(hub.requests) == asked
+
+
+def test_a_first_cpu_run_says_what_it_downloads_then_renders_with_it(hub, tmp_path, tiny_lcm_dir, monkeypatch,
+                                                                     capsys):
+    """`generate --backend diffusers` on a CPU with the preset's pipeline cached but not its tiny decoder: the
+    terminal names the download (one line, then the hub client's bars), and the stack decodes with it."""
+    import json
+
+    from layers.backends import auto
+    from layers.backends.auto import CPU_PRESET
+    from layers.backends.diffusers import PRESETS
+    from layers.cli import main
+    from tiny_models import put_in_hub_cache
+
+    monkeypatch.setattr(auto, "accelerator", lambda: None)
+    hf_home = tmp_path / "hf_home"
+    put_in_hub_cache(hf_home, PRESETS[CPU_PRESET].model, tiny_lcm_dir)
+    put_in_hub_cache(hf_home, PRESETS[CPU_PRESET].controlnet, tiny_lcm_dir / "controlnet")
+    code = main(["generate", "--prompt", "a quiet harbour, a lighthouse, rocks", "--backend", "diffusers",
+                 "--width", "64", "--height", "96", "--no-video", "--formats", "zip", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    said = [line for line in err.splitlines() if line.startswith("layercake: downloading")]
+    assert said == [f"layercake: downloading tiny decoder {REPO} from {hub.url} into {hf_home / 'hub'} "
+                    "(once; a dropped connection resumes)"]
+    assert hub.gets(WEIGHTS) == [None]  # the pipeline and ControlNet came from the cache: only TAESD was fetched
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["models"]["decoder"] == "tiny"

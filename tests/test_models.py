@@ -6,6 +6,7 @@ import json
 import shutil
 import socket
 import time
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -16,8 +17,8 @@ from layers.backends.auto import CPU_PRESET, CPU_PRESET_DOWNLOAD_GB, CPU_STACK_S
 from layers.backends.base import ModelUnavailableError
 from layers.backends.diffusers import PRESETS, TINY_DECODERS
 from layers import models
+from tiny_models import REVISION, put_in_hub_cache
 
-REVISION = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture
@@ -57,14 +58,6 @@ def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def put_in_hub_cache(hf_home, repo_id: str, folder):
-    """Lay a saved model out as the hub client caches it: models--org--name/{refs/main, snapshots/<rev>/...}."""
-    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
-    shutil.copytree(folder, repo / "snapshots" / REVISION)
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(REVISION)
 
 
 def cached_snapshot(hf_home, repo_id: str):
@@ -170,15 +163,24 @@ def test_on_a_cpu_diffusers_defaults_to_the_few_step_preset_and_says_so(online):
     assert choose("diffusers", {"device": "cuda"})[1] == {"device": "cuda"}
 
 
-def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, tmp_path, capsys):
+def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, tmp_path, capsys,
+                                                                   tiny_depth_anything_dir):
+    """What a CPU user's `generate --backend diffusers` does: the few-step preset, the plate composition (its
+    estimator in the cache too) with a seed's whole long prompt, the tiny decoder. The matte model is the offline
+    one here: rembg would fetch its weights from outside the hub."""
     from layers.cli import main
+    from layers.estimate import DEFAULT_DEPTH_MODEL
 
+    put_in_hub_cache(cached_lcm, DEFAULT_DEPTH_MODEL, tiny_depth_anything_dir)
     out = tmp_path / "stack"
-    code = main(["generate", "--prompt", "a quiet harbour, a lighthouse, rocks", "--backend", "diffusers",
-                 "--width", "64", "--height", "96", "--no-video", "--out", str(out)])
+    seed = Path(__file__).resolve().parents[1] / "seeds" / "000_masquerade_babel.txt"
+    code = main(["generate", "--prompt-file", str(seed), "--backend", "diffusers",
+                 "--matte-model", "closed-form", "--width", "64", "--height", "96", "--no-video", "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 0, err
     assert f"few-step {CPU_PRESET} preset" in err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["composition"] == "plate" and manifest["notices"] == []
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["models"]["preset"] == CPU_PRESET
     assert manifest["models"]["model"] == PRESETS[CPU_PRESET].model

@@ -214,3 +214,29 @@ def test_bad_repaint_requests_are_refused_with_the_bad_value(sd15, change, match
         sd15.repaint([dataclasses.replace(req(), **change)], SETTINGS)
     with pytest.raises(ValueError, match="names must be unique"):
         sd15.repaint([req(), req()], SETTINGS)
+
+
+def test_a_few_step_model_repaints_with_its_guidance_embedding_and_no_classifier_free_guidance(tiny_lcm_dir):
+    """The CPU preset's model (LCM-distilled) in the plate flow: diffusers' img2img and inpaint pipelines would run
+    classifier-free guidance on it and never pass its guidance embedding; a prompt past 77 tokens crashed them."""
+    lcm = DiffusersBackend(model=str(tiny_lcm_dir))
+    assert lcm.few_step
+    seen = []
+
+    def record(module, args, kwargs, output):  # what the UNet was called with, after any pre-hooks
+        sample = args[0] if args else kwargs["sample"]
+        seen.append((sample.shape[0], kwargs.get("timestep_cond")))
+
+    handle = lcm.pipe.unet.register_forward_hook(record, with_kwargs=True)
+    long_prompt = ", ".join(f"a pillar of carved stone number {i}" for i in range(30))  # ~240 tokens
+    try:
+        out = lcm.repaint([req(mask=RIGHT_HALF, prompt=long_prompt), req("midground", denoise=0.5, seed=3)],
+                          dataclasses.replace(SETTINGS, guidance=8.0))
+    finally:
+        handle.remove()
+    assert len(out.images) == 2 and all(im.size == (W, H) for im in out.images)
+    assert seen and all(batch == 1 for batch, _ in seen)  # one picture per call, never doubled for guidance
+    expected = lcm.pipe.get_guidance_scale_embedding(torch.tensor([7.0]),
+                                                     embedding_dim=lcm.pipe.unet.config.time_cond_proj_dim)
+    assert all(cond is not None and torch.allclose(cond.float(), expected) for _, cond in seen)
+    assert lcm.pipe.unet._forward_pre_hooks == {}  # the embedding hook lives for the call only

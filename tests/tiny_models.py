@@ -249,6 +249,19 @@ def build_depth_anything(out: str | Path, *, metric: bool = False) -> Path:
     return out
 
 
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def put_in_hub_cache(hf_home: Path, repo_id: str, folder: Path) -> None:
+    """Lay a saved model out as the hub client caches it: models--org--name/{refs/main, snapshots/<rev>/...}."""
+    import shutil
+
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    shutil.copytree(folder, repo / "snapshots" / REVISION)
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(REVISION)
+
+
 def build_taesd(out: str | Path) -> Path:
     """Save a tiny AutoencoderTiny (TAESD's architecture: four stages, 8x up/down, 4 latent channels) in `out`.
 

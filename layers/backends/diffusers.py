@@ -1073,12 +1073,16 @@ class DiffusersBackend:
             scale = strengths[0]  # one strength for all: the pipeline's own scale does it, no hook needed
         else:
             self._scaler.strengths = torch.tensor(strengths, dtype=torch.float32)
+        guidance = float(settings.guidance)
+        embedded = self.few_step and pipe is not self.pipe
         called = time.perf_counter()
         try:
-            with ticks:
+            with ticks, (_guidance_embedding(self.pipe, pipe.unet, guidance) if embedded else contextlib.nullcontext()):
                 out = pipe(
                     **images, height=height, width=width,
-                    num_inference_steps=settings.steps, guidance_scale=float(settings.guidance),
+                    # a repaint pipeline would run classifier-free guidance on a few-step model: 1 turns it off,
+                    # and the model's guidance embedding carries `guidance` instead (see _guidance_embedding)
+                    num_inference_steps=settings.steps, guidance_scale=1.0 if embedded else guidance,
                     controlnet_conditioning_scale=scale, generator=generators, output_type="pil",
                     callback_on_step_end=on_step_end, **kwargs,
                 )
@@ -1175,6 +1179,35 @@ def _muted(*names: str):
     finally:
         for log, level in zip(loggers, levels):
             log.setLevel(level)
+
+
+@contextlib.contextmanager
+def _guidance_embedding(pipe, unet, guidance: float):
+    """For the duration, `unet` (a few-step model's) gets the guidance embedding of `guidance` on every call.
+
+    diffusers' ControlNet text-to-image pipelines give a few-step (LCM-distilled) UNet its guidance as an embedding
+    (`timestep_cond`) and skip classifier-free guidance for it; their img2img and inpaint pipelines do neither: at
+    guidance > 1 they run classifier-free guidance on a model distilled without it (twice the work, wrong pictures,
+    and a crash for prompts past 77 tokens, whose negative they encode in one piece), and the embedding is never
+    passed. Called with guidance 1, those pipelines leave guidance to this hook, which computes the embedding as
+    the text-to-image pipeline does (`pipe.get_guidance_scale_embedding(guidance - 1)`)."""
+    import torch
+
+    dim = unet.config.time_cond_proj_dim
+
+    def add_embedding(module, args, kwargs):
+        if kwargs.get("timestep_cond") is None:
+            sample = args[0] if args else kwargs["sample"]
+            w = torch.full((sample.shape[0],), guidance - 1.0)
+            kwargs["timestep_cond"] = pipe.get_guidance_scale_embedding(w, embedding_dim=dim).to(
+                device=sample.device, dtype=sample.dtype)
+        return args, kwargs
+
+    handle = unet.register_forward_pre_hook(add_embedding, with_kwargs=True)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def _is_tiny(vae) -> bool:
