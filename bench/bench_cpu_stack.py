@@ -142,10 +142,8 @@ def run_stack(backend, options, w: int, h: int, what: str) -> None:
     gaps = [(b - a, stamps[i - 1][1] if i else "start") for i, (a, b) in enumerate(zip(times, times[1:]))]
     longest, after = max(gaps)
     render = result.render_info.get("timings", {})
-    print(f"whole stack {w}x{h}, {what}, 3 layers ({result.render_info.get('batching')}): {total:.1f} s"
-          f"  (depth {result.timings['depth']:.1f}, render {result.timings['render']:.1f} [text "
-          f"{render.get('encode', 0):.1f}, pipeline {render.get('pipeline', 0):.1f}], matte "
-          f"{result.timings.get('matte', 0):.1f}; {result.render_info.get('composition')} composition)")
+    print(f"whole stack {w}x{h}, {what}, 3 layers ({result.render_info.get('composition')} composition): "
+          f"{total:.1f} s")
     print("stages: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
     for notice in result.render_info.get("notices", []):
         print(f"notice: {notice}")

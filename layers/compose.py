@@ -29,7 +29,7 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .backends.base import RenderRequest, RenderSettings, RepaintRequest, span_progress
+from .backends.base import ProgressCallback, RenderRequest, RenderSettings, RepaintRequest, span_progress
 from .decompose import Decomposition, decompose
 from .depth import LayerDepth
 from .fill import push_pull
@@ -204,7 +204,8 @@ def compose_stack(plan, backend, scaffold: dict, estimator: Callable[[Image.Imag
     if settings.harmonize > 0:
         t = time.perf_counter()
         report(0.85, "harmonising the layers")
-        stack, harmonise_info = harmonize(stack, backend, plan, plate_depth, size, settings)
+        stack, harmonise_info = harmonize(stack, backend, plan, plate_depth, size, settings,
+                                          progress=span_progress(report, 0.85, 0.9, "harmonising"))
         timings["harmonize"] = time.perf_counter() - t
     report(0.9, "stack ready")
 
@@ -250,7 +251,8 @@ def recompose_layer(plan, backend, plate: Image.Image, plate_depth: np.ndarray, 
     info = {"layer": name, "seed": int(request.seed), "denoise": float(request.denoise)}
     if settings.harmonize > 0:
         report(0.8, f"harmonising {name}")
-        harmonised, h_info = harmonize(stack.replace(layer), backend, plan, plate_depth, size, settings, only=(name,))
+        harmonised, h_info = harmonize(stack.replace(layer), backend, plan, plate_depth, size, settings, only=(name,),
+                                       progress=span_progress(report, 0.8, 0.9, f"harmonising {name}"))
         layer = harmonised[name]
         info["harmonize"] = h_info
     return layer, _layer_depth(name, request, parts), info
@@ -333,7 +335,8 @@ def _layer_depth(name: str, request: RepaintRequest, parts: Decomposition) -> La
 # ------------------------------------------------------------------------------------------------- harmonise
 
 def harmonize(stack: LayerStack, backend, plan, plate_depth: np.ndarray, size: RenderSettings,
-              settings: ComposeSettings, *, only: Optional[Sequence[str]] = None) -> tuple[LayerStack, dict]:
+              settings: ComposeSettings, *, only: Optional[Sequence[str]] = None,
+              progress: Optional[ProgressCallback] = None) -> tuple[LayerStack, dict]:
     """One low-strength img2img pass over the composite; each layer takes the colour change where it is seen.
 
     A layer's change is the pass's change where that layer is the visible one, spread behind nearer layers from
@@ -348,6 +351,7 @@ def harmonize(stack: LayerStack, backend, plan, plate_depth: np.ndarray, size: R
         size: render settings.
         settings: harmonise denoise and ControlNet strength.
         only: layer names to harmonise (regenerating one layer); None = all.
+        progress: the pass's progress within its step (a step of a full-size render is seconds on a CPU).
 
     Returns:
         (the harmonised stack, facts for the manifest).
@@ -357,7 +361,7 @@ def harmonize(stack: LayerStack, backend, plan, plate_depth: np.ndarray, size: R
                              image=composite, control=np.asarray(plate_depth, dtype=np.float32),
                              seed=int(plan.seed), denoise=float(settings.harmonize),
                              strength=float(settings.harmonize_control))
-    result = backend.repaint([request], size)
+    result = backend.repaint([request], size, progress=progress)
     change = np.asarray(result.images[0], dtype=np.float32) - np.asarray(composite, dtype=np.float32)
     alphas = [layer.alpha for layer in stack]
     layers = []

@@ -301,3 +301,13 @@ def test_the_studio_offers_the_composition_and_shows_the_plate(backend, tiny_dep
     (fn,) = [f for f in demo.fns.values() if getattr(f, "api_name", None) == "generate"]
     assert [getattr(c, "elem_id", None) for c in fn.inputs[-2:]] == ["composition", "matte-model"]
     assert getattr(fn.outputs[-1], "elem_id", None) == "plate"
+
+
+def test_the_harmonising_pass_reports_its_steps(backend, tiny_depth_anything_dir):
+    """On a CPU the pass is one full-size step (seconds): the bar moves through it instead of standing still."""
+    texts = []
+    generate(PROMPT, backend, seed=5, width=W, height=H, options=options(tiny_depth_anything_dir),
+             progress=lambda fraction, text: texts.append((fraction, text)))
+    harmonising = [(f, t) for f, t in texts if t.startswith("harmonising: ")]
+    assert harmonising and all(0.85 <= f <= 0.9 for f, _ in harmonising)
+    assert harmonising[-1][1] == "harmonising: step 1/1"

@@ -352,3 +352,20 @@ def test_while_the_model_loads_the_studio_address_shows_the_load_line(tmp_path, 
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gradio binds
         s.bind(("127.0.0.1", port))  # the port is free again for the studio
+
+
+def test_any_sdxl_model_takes_its_own_tiny_decoder_when_asked(online, tiny_sdxl_dir, tiny_taesd_dir, network_calls):
+    """--decoder tiny on an SDXL model loads the SDXL latent space's TAESD (madebyollin/taesdxl), and renders."""
+    import numpy as np
+
+    from layers.backends.base import RenderRequest, RenderSettings
+    from layers.backends.diffusers import DiffusersBackend
+
+    put_in_hub_cache(online, TINY_DECODERS["sdxl"], tiny_taesd_dir)
+    backend = DiffusersBackend(model=str(tiny_sdxl_dir), decoder="tiny", dtype="float32")
+    assert backend.family == "sdxl" and backend.model_info["decoder_model"] == TINY_DECODERS["sdxl"]
+    ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
+    out = backend.render([RenderRequest(name="background", prompt="a harbour", negative_prompt="", control=ramp,
+                                        prior=ramp, seed=1)], RenderSettings(width=64, height=64, steps=2))
+    assert out.images[0].size == (64, 64)
+    assert network_calls == []

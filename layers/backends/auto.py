@@ -23,18 +23,22 @@ from .diffusers import DEFAULT_PRESET, PRESETS, TINY_DECODERS
 
 CPU_PRESET = "lcm-sd15"
 """The preset `--backend diffusers` takes without an accelerator (and `auto` looks for in the cache)."""
-CPU_PRESET_DOWNLOAD_GB = 5.7
-"""One-time download of the lcm-sd15 preset: 1,427,596,347 float32 parameters (LCM UNet 859.6M, CLIP-L text
-encoder 123.1M, VAE 83.7M, SD1.5 depth ControlNet 361.3M), counted from the published configs by
-bench/bench_cpu_stack.py, x 4 bytes of safetensors."""
-CPU_STACK_SECONDS = 150
-"""A 512x768 lcm-sd15 stack (3 layers, 4 steps, bfloat16, matting, composite) on 2 idle CPU cores with AMX:
-bench/bench_cpu_stack.py measured 150.3 s wall (196 CPU-seconds) with nothing else running (2026-12-01). Where the
-CPU has no native bfloat16 the preset renders in float32, about 4 times slower."""
-
-FULL_DECODER_EXTRA_SECONDS = 25
-"""What `--decoder full` adds to that stack on a CPU: the full VAE decodes the 3-layer batch in 27.6 s where the tiny
-decoder takes 2.6 s (bench/bench_cpu_speedups.py, 2026-12-02)."""
+CPU_PRESET_DOWNLOAD_GB = 5.4
+"""One-time download of the lcm-sd15 preset with its tiny decoder: 1,346,387,547 float32 parameters (LCM UNet
+859.6M, CLIP-L text encoder 123.1M, SD1.5 depth ControlNet 361.3M, TAESD 2.4M; the model's own VAE is not fetched),
+counted from the published configs by bench/bench_cpu_stack.py, x 4 bytes of safetensors."""
+PLATE_DOWNLOAD_GB = 0.3
+"""What the plate composition fetches besides (once): Depth Anything V2 Small (24,785,089 parameters, 0.1 GB) and
+rembg's isnet-general-use matting model (~170 MB)."""
+CPU_STACK_SECONDS = 90
+"""A 512x768 lcm-sd15 stack as `generate --backend diffusers` makes it on a CPU (plate composition: plate, depth
+estimate, layers from the plate, harmonising; 4 steps, bfloat16, tiny decoder) on 2 idle cores with AMX:
+bench/bench_cpu_stack.py measured 88.1 s wall (151.6 CPU-seconds), cold, with nothing else running (2026-12-02);
+the scaffold composition 64.1 s. Where the CPU has no native bfloat16 the preset renders in float32, slower still."""
+FULL_DECODER_EXTRA_SECONDS = 90
+"""What `--decoder full` adds to that stack: 175.2 s instead of 88.1 s in the same run (the plate composition
+encodes three pictures and decodes five; the full VAE takes 45 CPU-s to decode the 3-layer batch where the tiny
+decoder takes 3.8, bench/bench_cpu_speedups.py)."""
 
 DRAFT_PREFIX = "Draft mode: procedural layout preview, no model weights loaded"
 
@@ -85,8 +89,9 @@ def weights_cached(model: str, controlnet: Optional[str] = None, decoder: str = 
 
 def cpu_cost() -> str:
     """What the model costs on this kind of machine, in the words of the notices."""
-    return (f"the {CPU_PRESET} preset downloads once (about {CPU_PRESET_DOWNLOAD_GB:g} GB) and renders a 512x768 "
-            f"stack in about {CPU_STACK_SECONDS} s on 2 idle CPU cores")
+    return (f"the {CPU_PRESET} preset downloads once (about {CPU_PRESET_DOWNLOAD_GB:g} GB, and "
+            f"{PLATE_DOWNLOAD_GB:g} GB of depth and matting models) and renders a 512x768 stack in about "
+            f"{CPU_STACK_SECONDS} s on 2 idle CPU cores")
 
 
 def _cpu_options(options: dict, model: str) -> dict:
@@ -117,7 +122,7 @@ def choose(name: str, options: dict) -> tuple[str, dict, Optional[str]]:
         if options.get("model"):
             return "diffusers", picked, None
         other = ("--decoder full decodes with the model's VAE (sharper, about "
-                 f"{FULL_DECODER_EXTRA_SECONDS} s more)" if picked["decoder"] == "tiny" else
+                 f"{FULL_DECODER_EXTRA_SECONDS} s more per stack)" if picked["decoder"] == "tiny" else
                  f"--decoder tiny decodes about {FULL_DECODER_EXTRA_SECONDS} s faster")
         notice = (f"No GPU here: rendering on the CPU with the few-step {CPU_PRESET} preset "
                   f"({PRESETS[CPU_PRESET].steps} steps, {picked['dtype']}, {picked['decoder']} decoder; {cpu_cost()}); "
@@ -139,5 +144,6 @@ def choose(name: str, options: dict) -> tuple[str, dict, Optional[str]]:
     return "draft", {}, notice
 
 
-__all__ = ["CPU_PRESET", "CPU_PRESET_DOWNLOAD_GB", "CPU_STACK_SECONDS", "accelerator", "choose", "cpu_dtype",
+__all__ = ["CPU_PRESET", "CPU_PRESET_DOWNLOAD_GB", "CPU_STACK_SECONDS", "FULL_DECODER_EXTRA_SECONDS",
+           "PLATE_DOWNLOAD_GB", "accelerator", "choose", "cpu_dtype",
            "weights_cached"]
