@@ -33,8 +33,9 @@ rembg's isnet-general-use matting model (~170 MB)."""
 CPU_STACK_SECONDS = 90
 """A 512x768 lcm-sd15 stack as `generate --backend diffusers` makes it on a CPU (plate composition: plate, depth
 estimate, layers from the plate, harmonising; 4 steps, bfloat16, tiny decoder) on 2 idle cores with AMX:
-bench/bench_cpu_stack.py measured 88.1 s wall (151.6 CPU-seconds), cold, with nothing else running (2026-12-02);
-the scaffold composition 64.1 s. Where the CPU has no native bfloat16 the preset renders in float32, slower still."""
+bench/bench_cpu_stack.py measured 88.1 s wall (151.6 CPU-seconds), cold, with nothing else running (2026-12-02),
+and 111.6 / 116.0 s in two later runs while the virtual machine's host took 8-24 % of the CPU; the scaffold
+composition 64.1 s. Where the CPU has no native bfloat16 the preset renders in float32, slower still."""
 FULL_DECODER_EXTRA_SECONDS = 90
 """What `--decoder full` adds to that stack: 175.2 s instead of 88.1 s in the same run (the plate composition
 encodes three pictures and decodes five; the full VAE takes 45 CPU-s to decode the 3-layer batch where the tiny
@@ -91,7 +92,7 @@ def cpu_cost() -> str:
     """What the model costs on this kind of machine, in the words of the notices."""
     return (f"the {CPU_PRESET} preset downloads once (about {CPU_PRESET_DOWNLOAD_GB:g} GB, and "
             f"{PLATE_DOWNLOAD_GB:g} GB of depth and matting models) and renders a 512x768 stack in about "
-            f"{CPU_STACK_SECONDS} s on 2 idle CPU cores")
+            f"{CPU_STACK_SECONDS} s on 2 idle CPU cores, more on a busy machine")
 
 
 def _cpu_options(options: dict, model: str) -> dict:
