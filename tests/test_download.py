@@ -285,8 +285,10 @@ def test_a_first_cpu_run_says_what_it_downloads_then_renders_with_it(hub, tmp_pa
     hf_home = tmp_path / "hf_home"
     put_in_hub_cache(hf_home, PRESETS[CPU_PRESET].model, tiny_lcm_dir)
     put_in_hub_cache(hf_home, PRESETS[CPU_PRESET].controlnet, tiny_lcm_dir / "controlnet")
+    # the scaffold composition: the plate's estimator is another download, which this hub does not serve
     code = main(["generate", "--prompt", "a quiet harbour, a lighthouse, rocks", "--backend", "diffusers",
-                 "--width", "64", "--height", "96", "--no-video", "--formats", "zip", "--out", str(tmp_path / "out")])
+                 "--composition", "scaffold", "--width", "64", "--height", "96", "--no-video", "--formats", "zip",
+                 "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 0, err
     said = [line for line in err.splitlines() if line.startswith("layercake: downloading")]

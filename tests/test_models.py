@@ -163,7 +163,7 @@ def test_on_a_cpu_diffusers_defaults_to_the_few_step_preset_and_says_so(online):
     assert choose("diffusers", {"device": "cuda"})[1] == {"device": "cuda"}
 
 
-def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, tmp_path, capsys,
+def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, tmp_path, capsys, monkeypatch,
                                                                    tiny_depth_anything_dir):
     """What a CPU user's `generate --backend diffusers` does: the few-step preset, the plate composition (its
     estimator in the cache too) with a seed's whole long prompt, the tiny decoder. The matte model is the offline
@@ -171,7 +171,10 @@ def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, 
     from layers.cli import main
     from layers.estimate import DEFAULT_DEPTH_MODEL
 
+    from layers import estimate
+
     put_in_hub_cache(cached_lcm, DEFAULT_DEPTH_MODEL, tiny_depth_anything_dir)
+    monkeypatch.setattr(estimate, "_ESTIMATORS", {})  # loaded estimators are kept by id: keep this one to the test
     out = tmp_path / "stack"
     seed = Path(__file__).resolve().parents[1] / "seeds" / "000_masquerade_babel.txt"
     code = main(["generate", "--prompt-file", str(seed), "--backend", "diffusers",
