@@ -34,7 +34,7 @@ CPU_STACK_SECONDS = 90
 """A 512x768 lcm-sd15 stack as `generate --backend diffusers` makes it on a CPU (plate composition: plate, depth
 estimate, layers from the plate, harmonising; 4 steps, bfloat16, tiny decoder) on 2 idle cores with AMX:
 bench/bench_cpu_stack.py measured 88.1 s wall (151.6 CPU-seconds), cold, with nothing else running (2026-12-02),
-and 111.6 / 116.0 s in two later runs while the virtual machine's host took 8-24 % of the CPU; the scaffold
+and 107.9-116.0 s in three later runs while the virtual machine's host took CPU time (steal 6-24 %); the scaffold
 composition 64.1 s. Where the CPU has no native bfloat16 the preset renders in float32, slower still."""
 FULL_DECODER_EXTRA_SECONDS = 90
 """What `--decoder full` adds to that stack: 175.2 s instead of 88.1 s in the same run (the plate composition
