@@ -41,7 +41,8 @@ def loadavg() -> str:
 
 
 def run(name: str, jobs_file: Path, out: Path, settings, n_jobs: int) -> dict:
-    from layers.batch import read_attempts, read_jobs, run_batch
+    from layers.batch import read_attempts, run_batch
+    from layers.jobs import read_jobs
 
     t0 = time.time()
     summary = run_batch(read_jobs(jobs_file), out, settings)

@@ -1,6 +1,7 @@
-"""Many stacks from one job file: parse the jobs, skip the finished ones, run the rest on one machine or on Ray.
+"""Many stacks from one job file: skip the finished jobs, run the rest on one machine or on Ray, summarise.
 
-A job file is a folder of `.txt` prompts, or a JSONL / CSV file with one job per line. Every job gets its own
+The job file is read by `layers.jobs` (a folder of `.txt` prompts, or a JSONL / CSV file with one job per line);
+the jobs run on an executor of `layers.executors`, each worker holding one JobRunner. Every job gets its own
 stack folder under the output folder, named from the job. A rerun skips every job whose folder is complete
 (checked against its manifest, read only) and redoes the rest, so a batch killed halfway resumes where it was.
 
@@ -16,296 +17,21 @@ is `<out>/batch.csv` and `<out>/batch.json`, rewritten after every job.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
-import dataclasses
+import functools
 import io
 import json
 import os
-import re
 import socket
 import time
-import unicodedata
-from collections import deque
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Iterator, Optional, Union
+from dataclasses import dataclass
+from typing import Callable, Optional
 
-from .plan import LAYER_NAMES
+from .executors import EXECUTORS, run_local, run_ray
+from .jobs import STATUSES, Job, JobList, JobOutcome, job_name, one_line, read_jobs
 
-EXECUTORS = ("local", "ray")
-STATUSES = ("done", "skipped", "failed", "invalid")
-"""done: rendered and written now; skipped: its folder was already complete; failed: the job raised (its
-reason is recorded); invalid: the job file's line could not be read as a job."""
-
-TEXT_KEYS = ("name", "prompt", "seed", "width", "height") + tuple(f"{n}_prompt" for n in LAYER_NAMES)
-PICTURE_KEYS = ("name", "image", "depth", "layers", "seed")
 SUMMARY_FIELDS = ("job", "line", "status", "seconds", "folder", "reason")
 ATTEMPTS_DIR = ".attempts"
-MAX_NAME_CHARS = 48
-_MAX_RESUBMITS = 1
-"""How often the Ray executor sends a job to another actor after its own actor ran out of restarts."""
-
-
-# --- jobs ------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Job:
-    """One stack to make: a text job (prompt) or a picture job (image)."""
-
-    name: str
-    """Folder name under the output folder: safe, stable for the same job file, unique in the batch."""
-    line: int = 0
-    """Line of the job file it came from (1-based); 0 for a prompt file of a folder."""
-    prompt: Optional[str] = None
-    """Text job: the scene prompt."""
-    seed: int = 0
-    width: Optional[int] = None
-    height: Optional[int] = None
-    overrides: tuple[tuple[str, str], ...] = ()
-    """Text job: (layer name, prompt) pairs replacing that layer's planned prompt."""
-    image: Optional[str] = None
-    """Picture job: the picture to decompose (absolute path)."""
-    depth: Optional[str] = None
-    """Picture job: an optional depth map for it (white = near)."""
-    layers: Optional[Union[int, str]] = None
-    """Picture job: how many layers to split it into, 2..6 or "auto" (default 3)."""
-
-    @property
-    def kind(self) -> str:
-        return "picture" if self.image is not None else "text"
-
-
-@dataclass(frozen=True)
-class JobOutcome:
-    """What became of one job: a row of the summary."""
-
-    job: str
-    line: int
-    status: str
-    seconds: float = 0.0
-    folder: str = ""
-    reason: str = ""
-    worker: str = ""
-
-    def row(self) -> dict:
-        return {"job": self.job, "line": self.line, "status": self.status, "seconds": round(self.seconds, 3),
-                "folder": self.folder, "reason": self.reason}
-
-
-@dataclass
-class JobList:
-    """A job file read: the jobs, and one invalid outcome per line that is not a job."""
-
-    jobs: list[Job]
-    invalid: list[JobOutcome] = field(default_factory=list)
-    order: list[str] = field(default_factory=list)
-    """Names of the jobs and labels of the invalid lines, in file order (the summary's order)."""
-
-    def __post_init__(self):
-        if not self.order:
-            self.order = [j.name for j in self.jobs] + [o.job for o in self.invalid]
-
-
-def job_name(text: str) -> str:
-    """A safe folder name from a text: ASCII lower-case words joined by '-', at most MAX_NAME_CHARS characters.
-
-    Args:
-        text: a prompt, a file stem or a name given in the job file.
-
-    Returns:
-        The name; "job" when nothing of the text is left.
-    """
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii").lower()
-    words = [w for w in re.split(r"[^a-z0-9]+", ascii_text) if w]
-    name = ""
-    for word in words:
-        candidate = f"{name}-{word}" if name else word
-        if len(candidate) > MAX_NAME_CHARS:
-            break
-        name = candidate
-    return name or (words[0][:MAX_NAME_CHARS] if words else "job")
-
-
-def read_jobs(source) -> JobList:
-    """Read a job file: a folder of `.txt` prompts, a `.jsonl` file or a `.csv` file (with a header row).
-
-    Keys of a text job: prompt (required), seed, width, height, background_prompt, midground_prompt,
-    foreground_prompt, name. Keys of a picture job: image (required), depth, layers, name. Paths are relative
-    to the job file's folder. A line that is not a job (malformed, an unknown key, a bad value, a missing
-    image) becomes an invalid outcome naming its line; the other lines are still jobs.
-
-    Args:
-        source: the folder or file.
-
-    Returns:
-        The JobList, jobs in file order with unique names (a repeated name gets -2, -3, ...).
-
-    Raises:
-        ValueError: the source is missing, of an unknown kind, unreadable, or holds no job at all.
-    """
-    path = Path(source)
-    if path.is_dir():
-        entries = _read_prompt_folder(path)
-    elif path.is_file():
-        suffix = path.suffix.lower()
-        if suffix not in (".jsonl", ".csv"):
-            raise ValueError(f"job file {path} must be a folder of .txt prompts, a .jsonl or a .csv file")
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"job file {path} is not valid UTF-8 (offset {exc.start})") from None
-        except OSError as exc:
-            raise ValueError(f"cannot read job file {path}: {exc.strerror or exc}") from None
-        entries = _jsonl_entries(text) if suffix == ".jsonl" else _csv_entries(text)
-    else:
-        raise ValueError(f"job file not found: {path}")
-    if not entries:
-        raise ValueError(f"job file {path} holds no jobs")
-
-    base = path if path.is_dir() else path.parent
-    jobs, invalid, order, taken = [], [], [], set()
-    for line, label, record in entries:
-        try:
-            if isinstance(record, str):  # the entry could not be read at all: its reason
-                raise ValueError(record)
-            job = _job_from_record(record, line, base, label)
-        except ValueError as exc:
-            key = _unique(label or f"line-{line}", taken)
-            invalid.append(JobOutcome(job=key, line=line, status="invalid", reason=_one_line(str(exc))))
-        else:
-            key = _unique(job.name, taken)
-            jobs.append(dataclasses.replace(job, name=key))
-        taken.add(key)
-        order.append(key)
-    return JobList(jobs=jobs, invalid=invalid, order=order)
-
-
-def _read_prompt_folder(folder: Path) -> list:
-    from .cli import read_prompt_file
-
-    entries = []
-    for p in sorted(folder.glob("*.txt")):
-        try:
-            entries.append((0, job_name(p.stem), {"prompt": read_prompt_file(p), "name": p.stem}))
-        except ValueError as exc:
-            entries.append((0, job_name(p.stem), str(exc)))
-    return entries
-
-
-def _jsonl_entries(text: str) -> list:
-    entries = []
-    for n, raw in enumerate(text.splitlines(), start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            entries.append((n, "", f"not valid JSON ({exc.msg} at column {exc.colno})"))
-            continue
-        if not isinstance(record, dict):
-            entries.append((n, "", f"a job is a JSON object, not {type(record).__name__}"))
-            continue
-        entries.append((n, "", record))
-    return entries
-
-
-def _csv_entries(text: str) -> list:
-    reader = csv.reader(io.StringIO(text))
-    try:
-        header = next(reader)
-    except (StopIteration, csv.Error):
-        return []
-    header = [h.strip() for h in header]
-    entries = []
-    line = reader.line_num
-    try:
-        for row in reader:
-            start, line = line + 1, reader.line_num
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                entries.append((start, "", f"{len(row)} cells for {len(header)} columns"))
-                continue
-            entries.append((start, "", {k: v for k, v in zip(header, row) if v.strip() != ""}))
-    except csv.Error as exc:
-        entries.append((line + 1, "", f"not valid CSV ({exc})"))
-    return entries
-
-
-def _job_from_record(record: dict, line: int, base: Path, label: str) -> Job:
-    is_picture = "image" in record
-    allowed = PICTURE_KEYS if is_picture else TEXT_KEYS
-    unknown = [k for k in record if k not in allowed]
-    if unknown:
-        kind = "picture" if is_picture else "text"
-        raise ValueError(f"unknown key {unknown[0]!r} for a {kind} job; use {', '.join(allowed)}")
-    given_name = record.get("name")
-    if given_name is not None and not isinstance(given_name, str):
-        raise ValueError(f"name must be text, not {given_name!r}")
-    if is_picture:
-        image = _existing_file(record["image"], base, "image")
-        depth = _existing_file(record["depth"], base, "depth map") if "depth" in record else None
-        layers = None
-        if str(record.get("layers", "")).strip().lower() == "auto":
-            layers = "auto"
-        elif "layers" in record:
-            from .decompose import MAX_LAYERS, MIN_LAYERS
-
-            layers = _int(record["layers"], "layers")
-            if not MIN_LAYERS <= layers <= MAX_LAYERS:
-                raise ValueError(f"layers {layers} is out of range {MIN_LAYERS}..{MAX_LAYERS} (or auto)")
-        name = job_name(given_name or Path(image).stem)
-        return Job(name=name, line=line, image=image, depth=depth, layers=layers,
-                   seed=_int(record.get("seed", 0), "seed"))
-
-    from .plan import check_prompt, plan_scene
-
-    if "prompt" not in record:
-        raise ValueError("a job needs a prompt (text job) or an image (picture job)")
-    prompt = check_prompt(record["prompt"])
-    seed = _int(record.get("seed", 0), "seed")
-    width = _int(record["width"], "width") if "width" in record else None
-    height = _int(record["height"], "height") if "height" in record else None
-    overrides = tuple((n, check_prompt(record[f"{n}_prompt"])) for n in LAYER_NAMES if f"{n}_prompt" in record)
-    # Planning is pure and takes milliseconds: every value is checked here, not halfway through the batch.
-    plan_scene(prompt, seed, width=width, height=height, overrides=dict(overrides))
-    return Job(name=job_name(given_name or label or prompt), line=line, prompt=prompt, seed=seed, width=width,
-               height=height, overrides=overrides)
-
-
-def _int(value, what: str) -> int:
-    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
-        return int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an integer, not {value!r}")
-    return value
-
-
-def _existing_file(value, base: Path, what: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"{what} must be a file path, not {value!r}")
-    path = (base / value).resolve()
-    if not path.is_file():
-        raise ValueError(f"{what} not found: {value}")
-    return str(path)
-
-
-def _unique(name: str, taken: set) -> str:
-    if name not in taken:
-        return name
-    n = 2
-    while f"{name}-{n}" in taken:
-        n += 1
-    return f"{name}-{n}"
-
-
-_ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _one_line(text: str) -> str:
-    """A message on one line, without terminal colour codes (Ray colours its errors)."""
-    return " ".join(_ANSI_RE.sub("", text).split())
 
 
 # --- complete folders ------------------------------------------------------------------------------------------
@@ -424,9 +150,9 @@ class JobRunner:
             result = make_stack(job, self.backend, self.options, self.spec.depth_model)
             self._store.write_stack(result, job.name)
         except Exception as exc:  # noqa: BLE001 - one job's failure is recorded; the batch goes on
-            reason = _one_line(str(exc)) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
-            self._log("failed", job.name, seconds=time.perf_counter() - t, reason=_one_line(reason))
-            return self._outcome(job, "failed", t, _one_line(reason))
+            reason = one_line(str(exc)) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            self._log("failed", job.name, seconds=time.perf_counter() - t, reason=one_line(reason))
+            return self._outcome(job, "failed", t, one_line(reason))
         self._log("done", job.name, seconds=time.perf_counter() - t)
         return self._outcome(job, "done", t)
 
@@ -513,159 +239,6 @@ def read_attempts(out) -> list[dict]:
                 except json.JSONDecodeError:
                     continue  # a line cut short by a killed worker
     return sorted(events, key=lambda e: e.get("time", 0.0))
-
-
-# --- executors -------------------------------------------------------------------------------------------------
-
-def _run_local(jobs: list[Job], spec: WorkerSpec, workers: int) -> Iterator[JobOutcome]:
-    if workers == 1:
-        runner = JobRunner(spec)
-        for job in jobs:
-            yield runner.run(job)
-        return
-    import concurrent.futures as cf
-    import multiprocessing
-
-    # spawn, not fork: a parent that has imported torch or holds threads must not be forked. The children read
-    # their thread limits from the environment they are started with (numpy loads its BLAS on import).
-    with _environment(thread_limits(max(1, (os.cpu_count() or 1) // workers))):
-        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_init_pool_worker, initargs=(spec,))
-        futures = {pool.submit(_run_in_pool_worker, job): job for job in jobs}
-    with pool:
-        for future in cf.as_completed(futures):
-            job = futures[future]
-            try:
-                yield future.result()
-            except cf.process.BrokenProcessPool:
-                yield JobOutcome(job=job.name, line=job.line, status="failed", folder=job.name,
-                                 reason="a worker process died; rerun the batch to redo this job")
-
-
-_POOL_RUNNER: Optional[JobRunner] = None
-
-
-def _init_pool_worker(spec: WorkerSpec) -> None:
-    global _POOL_RUNNER
-    _POOL_RUNNER = JobRunner(spec)
-
-
-def _run_in_pool_worker(job: Job) -> JobOutcome:
-    return _POOL_RUNNER.run(job)
-
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def thread_limits(threads: int) -> dict[str, str]:
-    """Environment giving a worker process its share of the CPUs; a limit the user set wins.
-
-    N workers that each start a thread per core (numpy's BLAS, the matting's numba kernels, torch) oversubscribe
-    the machine, and spinning BLAS threads then slow every worker down several times.
-    """
-    return {name: os.environ.get(name, str(threads)) for name in THREAD_VARIABLES}
-
-
-@contextlib.contextmanager
-def _environment(values: dict[str, str]):
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-class _RayWorker:
-    """The body of a Ray actor: one JobRunner, its backend loaded when the actor starts (and restarts)."""
-
-    def __init__(self, spec: WorkerSpec, name: str):
-        # The actor's name plus the process: a restarted actor is a new process, a new attempt log.
-        self.runner = JobRunner(spec, worker=f"{name}-{os.getpid()}")
-
-    def run(self, job: Job) -> JobOutcome:
-        return self.runner.run(job)
-
-
-def _run_ray(jobs: list[Job], spec: WorkerSpec, workers: Optional[int], address: Optional[str],
-             cpus_per_actor: float = 1.0) -> Iterator[JobOutcome]:
-    try:
-        import ray
-    except ImportError:
-        raise ValueError("--executor ray needs Ray: pip install -r requirements-ray.txt") from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        try:
-            ray.init(address=address, include_dashboard=False, logging_level="warning", log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            where = f" at {address}" if address else ""
-            raise ValueError(f"cannot start or reach Ray{where}: {_one_line(str(exc))[:300]}") from None
-    actors = []
-    try:
-        resources = ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0))
-        use_gpu = gpus > 0 and spec.backend != "draft"
-        count = workers or (gpus if use_gpu else max(1, int(resources.get("CPU", 1) // cpus_per_actor)))
-        # Ray restarts a dead actor (which loads its backend again) and retries its in-flight jobs there.
-        actor_cls = ray.remote(num_cpus=0 if use_gpu else cpus_per_actor, num_gpus=1 if use_gpu else 0,
-                               max_restarts=2, max_task_retries=2)(_RayWorker)
-        prefix = f"layercake-batch-{os.getpid()}-{int(time.time() * 1000) % 10**8}"
-        env = {} if use_gpu else thread_limits(max(1, int(cpus_per_actor)))
-        actors = [actor_cls.options(name=f"{prefix}-{i}", runtime_env={"env_vars": env}).remote(spec, f"{prefix}-{i}")
-                  for i in range(count)]
-        yield from _stream_to_actors(ray, actors, jobs)
-    finally:
-        for actor in actors:
-            ray.kill(actor, no_restart=True)
-        if started_here:
-            ray.shutdown()
-
-
-def _stream_to_actors(ray, actors: list, jobs: list[Job]) -> Iterator[JobOutcome]:
-    queue = deque(jobs)
-    in_flight: dict = {}  # object ref -> (job, actor index)
-    resubmits: dict[str, int] = {}
-    alive = set(range(len(actors)))
-
-    def feed(i: int, depth: int = 2) -> None:
-        # Two jobs per actor: the next one is already waiting when the current one ends.
-        while queue and sum(1 for _, a in in_flight.values() if a == i) < depth:
-            job = queue.popleft()
-            in_flight[actors[i].run.remote(job)] = (job, i)
-
-    for depth in (1, 2):  # one job to every actor before a second to any
-        for i in range(len(actors)):
-            feed(i, depth)
-    while in_flight:
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        job, i = in_flight.pop(ready[0])
-        try:
-            outcome = ray.get(ready[0])
-        except ray.exceptions.RayActorError as exc:
-            alive.discard(i)
-            n = resubmits.get(job.name, 0)
-            if alive and n < _MAX_RESUBMITS:
-                resubmits[job.name] = n + 1
-                queue.appendleft(job)
-                feed(min(alive, key=lambda a: sum(1 for _, b in in_flight.values() if b == a)))
-                continue
-            outcome = JobOutcome(job=job.name, line=job.line, status="failed", folder=job.name,
-                                 reason=f"its Ray worker died: {_one_line(str(exc))[:200]}")
-        except ray.exceptions.RayTaskError as exc:
-            outcome = JobOutcome(job=job.name, line=job.line, status="failed", folder=job.name,
-                                 reason=_one_line(str(exc.cause if exc.cause else exc))[:300])
-        yield outcome
-        for a in ([i] if i in alive else sorted(alive)):
-            feed(a)
-        if queue and not alive:
-            while queue:
-                job = queue.popleft()
-                yield JobOutcome(job=job.name, line=job.line, status="failed", folder=job.name,
-                                 reason="every Ray worker died")
 
 
 # --- the batch -------------------------------------------------------------------------------------------------
@@ -774,9 +347,10 @@ def run_batch(job_list: JobList, out, settings: BatchSettings = BatchSettings(),
                       options=settings.options, depth_model=settings.depth_model)
     if pending:
         if settings.executor == "ray":
-            results = _run_ray(pending, spec, settings.workers, settings.ray_address)
+            results = run_ray(pending, functools.partial(JobRunner, spec), settings.workers, settings.ray_address,
+                              gpu=spec.backend != "draft")
         else:
-            results = _run_local(pending, spec, min(settings.workers or 1, len(pending)))
+            results = run_local(pending, functools.partial(JobRunner, spec), min(settings.workers or 1, len(pending)))
         for o in results:
             report(o)
     summary = BatchSummary([outcomes[k] for k in keyed], time.perf_counter() - t0, settings.executor,
@@ -796,5 +370,5 @@ def write_summary(root, summary: BatchSummary) -> None:
     root.replace_text("batch.csv", buf.getvalue())
 
 
-__all__ = ["BatchSettings", "BatchSummary", "EXECUTORS", "Job", "JobList", "JobOutcome", "JobRunner", "WorkerSpec",
-           "incomplete_reason", "job_name", "make_stack", "read_attempts", "read_jobs", "run_batch", "write_summary"]
+__all__ = ["BatchSettings", "BatchSummary", "JobRunner", "WorkerSpec", "incomplete_reason", "make_stack", "read_attempts",
+           "run_batch", "write_summary"]

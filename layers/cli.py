@@ -33,6 +33,7 @@ class _BadInput(Exception):
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKEND_CHOICES
     from .backends.diffusers import DECODERS
+    from .executors import EXECUTORS
     from .parallax import CAMERA_PATHS
     from .plan import LAYER_NAMES
 
@@ -137,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("batch", help="make a stack for every job of a job file; a rerun skips finished jobs")
     p.add_argument("jobs", type=Path, help="a folder of .txt prompts, or a .jsonl / .csv job file")
     p.add_argument("--out", required=True, help="output folder, or an fsspec URL: one stack folder per job")
-    p.add_argument("--executor", choices=("local", "ray"), default="local",
+    p.add_argument("--executor", choices=EXECUTORS, default="local",
                    help="local processes (default) or Ray actors")
     p.add_argument("--workers", type=int, help="local: processes (default 1); ray: actors (default one per GPU)")
     p.add_argument("--ray-address", help="Ray cluster address, or auto (default: a Ray started on this machine)")
@@ -423,7 +424,8 @@ def _hub_name(key: str, value) -> str:
 
 
 def _cmd_batch(args) -> int:
-    from .batch import BatchSettings, check_out_dir, read_jobs, run_batch
+    from .batch import BatchSettings, check_out_dir, run_batch
+    from .jobs import read_jobs
 
     # Only the options given travel to the workers: each fills in its own model's steps and guidance.
     options = {"parallax": args.parallax, "frames": args.frames, "video": not args.no_video}

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from layers.batch import (BatchSettings, incomplete_reason, job_name, read_attempts, read_jobs, run_batch)
+from layers.batch import BatchSettings, incomplete_reason, read_attempts, run_batch
+from layers.jobs import job_name, read_jobs
 from layers.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import ray
 
-from layers.batch import BatchSettings, incomplete_reason, read_attempts, read_jobs, run_batch
+from layers.batch import BatchSettings, incomplete_reason, read_attempts, run_batch
+from layers.jobs import read_jobs
 from layers.cli import main
 
 SCENES = ["a castle on a hill, two knights, falling leaves", "a velvet hall, one dancer, glass shards",
