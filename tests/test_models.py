@@ -372,3 +372,15 @@ def test_any_sdxl_model_takes_its_own_tiny_decoder_when_asked(online, tiny_sdxl_
                                         prior=ramp, seed=1)], RenderSettings(width=64, height=64, steps=2))
     assert out.images[0].size == (64, 64)
     assert network_calls == []
+
+
+def test_the_studio_takes_the_decoder_from_its_flag_or_the_environment(cached_lcm, monkeypatch, tmp_path):
+    import app
+    from layers.studio import Studio
+
+    monkeypatch.setenv("LAYERCAKE_DECODER", "full")
+    args = app.parse_args([])
+    assert args.decoder == "full" and app.parse_args(["--decoder", "tiny"]).decoder == "tiny"
+    studio = Studio.create("diffusers", decoder=args.decoder, output_root=tmp_path / "outputs")
+    assert studio.backend.model_info["decoder"] == "full"
+    assert any("full decoder" in line for line in studio.notices)
