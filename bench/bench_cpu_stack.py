@@ -97,25 +97,21 @@ def main() -> None:
 
 def build_depth_anything_small(folder: Path, small: bool) -> Path:
     """Depth Anything V2 Small (the plate's default estimator) from its published config, random weights, saved in
-    `folder` with its image processor, to load the user's way (a folder). small: a tiny one for --dry-run."""
+    `folder` with its image processor, to load the user's way (a folder). small: the tests' tiny one, for --dry-run."""
+    from tiny_models import build_depth_anything
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
 
     if small:
-        backbone = Dinov2Config(image_size=28, patch_size=14, hidden_size=32, num_hidden_layers=4,
-                                num_attention_heads=4, intermediate_size=37,
-                                out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False)
-        cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[16, 16, 32, 32],
-                                  fusion_hidden_size=16, head_hidden_size=8)
-    else:  # depth-anything/Depth-Anything-V2-Small-hf, config.json
-        backbone = Dinov2Config(image_size=518, patch_size=14, hidden_size=384, num_hidden_layers=12,
-                                num_attention_heads=6, mlp_ratio=4, layerscale_value=1.0,
-                                out_features=["stage3", "stage6", "stage9", "stage12"], reshape_hidden_states=False)
-        cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=384, patch_size=14,
-                                  neck_hidden_sizes=[48, 96, 192, 384], reassemble_factors=[4, 2, 1, 0.5],
-                                  fusion_hidden_size=64, head_hidden_size=32, depth_estimation_type="relative")
-    side = 28 if small else 518
+        return build_depth_anything(folder)
+    # depth-anything/Depth-Anything-V2-Small-hf, config.json
+    backbone = Dinov2Config(image_size=518, patch_size=14, hidden_size=384, num_hidden_layers=12,
+                            num_attention_heads=6, mlp_ratio=4, layerscale_value=1.0,
+                            out_features=["stage3", "stage6", "stage9", "stage12"], reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=384, patch_size=14,
+                              neck_hidden_sizes=[48, 96, 192, 384], reassemble_factors=[4, 2, 1, 0.5],
+                              fusion_hidden_size=64, head_hidden_size=32, depth_estimation_type="relative")
     DepthAnythingForDepthEstimation(cfg).eval().save_pretrained(str(folder))
-    DPTImageProcessorPil(size={"height": side, "width": side}, keep_aspect_ratio=True, ensure_multiple_of=14,
+    DPTImageProcessorPil(size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
                          resample=3, do_pad=False).save_pretrained(str(folder))
     return folder
 
@@ -141,7 +137,6 @@ def run_stack(backend, options, w: int, h: int, what: str) -> None:
     times = [start] + [s for s, _ in stamps] + [start + total]
     gaps = [(b - a, stamps[i - 1][1] if i else "start") for i, (a, b) in enumerate(zip(times, times[1:]))]
     longest, after = max(gaps)
-    render = result.render_info.get("timings", {})
     print(f"whole stack {w}x{h}, {what}, 3 layers ({result.render_info.get('composition')} composition): "
           f"{total:.1f} s")
     print("stages: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))

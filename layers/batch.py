@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .executors import EXECUTORS, run_local, run_ray
-from .jobs import STATUSES, Job, JobList, JobOutcome, job_name, one_line, read_jobs
+from .jobs import STATUSES, Job, JobList, JobOutcome, job_name, one_line
 
 SUMMARY_FIELDS = ("job", "line", "status", "seconds", "folder", "reason")
 ATTEMPTS_DIR = ".attempts"
