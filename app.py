@@ -231,6 +231,7 @@ def build_demo(studio: Studio, *, max_concurrency: Optional[int] = None, seeds: 
 
 def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> None:
     """The "From a prompt" tab: plan, generate and regenerate layers of a scene prompt (inside a gr.Blocks)."""
+    defaults = studio.options()  # the model's own: a few-step model renders in 4 steps, not 25
 
     def edited(state, texts) -> dict[str, str]:
         """Layer texts the user changed since they were last filled in (untouched ones are re-planned)."""
@@ -292,12 +293,12 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
     @on_gpu
     @user_errors
     def generate(prompt: str, seed: int = 0, width: int = 0, height: int = 0, background_prompt: str = "",
-                 midground_prompt: str = "", foreground_prompt: str = "", steps: int = _DEFAULTS.steps,
-                 guidance: float = _DEFAULTS.guidance, background_strength: float = _DEFAULTS.strengths[0],
-                 midground_strength: float = _DEFAULTS.strengths[1],
-                 foreground_strength: float = _DEFAULTS.strengths[2], depth_source: str = "scaffold",
+                 midground_prompt: str = "", foreground_prompt: str = "", steps: int = defaults.steps,
+                 guidance: float = defaults.guidance, background_strength: float = defaults.strengths[0],
+                 midground_strength: float = defaults.strengths[1],
+                 foreground_strength: float = defaults.strengths[2], depth_source: str = "scaffold",
                  reference_image: Optional[str] = None, depth_map: Optional[str] = None,
-                 parallax: str = _DEFAULTS.parallax, plan_state: Optional[dict] = None, composition: str = "auto",
+                 parallax: str = defaults.parallax, plan_state: Optional[dict] = None, composition: str = "auto",
                  matte_model: str = "auto", progress=gr.Progress()):
         """Render a scene prompt into a background / midground / foreground stack.
 
@@ -309,12 +310,12 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
         plan (layer prompts, token counts, seeds), then stack.glb and parallax.html, and last the plate (None in the
         scaffold composition).
         """
-        options = GenerateOptions(
-            steps=_whole(steps, "steps", _DEFAULTS.steps), guidance=_real(guidance, "guidance", _DEFAULTS.guidance),
-            strengths=(_real(background_strength, "background_strength", _DEFAULTS.strengths[0]),
-                       _real(midground_strength, "midground_strength", _DEFAULTS.strengths[1]),
-                       _real(foreground_strength, "foreground_strength", _DEFAULTS.strengths[2])),
-            parallax=parallax or _DEFAULTS.parallax,
+        options = studio.options(
+            steps=_whole(steps, "steps", defaults.steps), guidance=_real(guidance, "guidance", defaults.guidance),
+            strengths=(_real(background_strength, "background_strength", defaults.strengths[0]),
+                       _real(midground_strength, "midground_strength", defaults.strengths[1]),
+                       _real(foreground_strength, "foreground_strength", defaults.strengths[2])),
+            parallax=parallax or defaults.parallax,
             composition=None if composition in (None, "", "auto") else composition,
             matte_model=None if matte_model in (None, "", "auto") else matte_model)
         overrides = edited(plan_state, (background_prompt, midground_prompt, foreground_prompt))
@@ -391,14 +392,14 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**31 - 1, min_width=90)
                 draft_note = " (the draft backend ignores it)" if studio.is_draft else ""
                 with gr.Row():
-                    steps = gr.Slider(1, 150, value=_DEFAULTS.steps, step=1, label="Steps",
+                    steps = gr.Slider(1, 150, value=defaults.steps, step=1, label="Steps",
                                       info="denoising steps per layer" + draft_note)
-                    guidance = gr.Slider(0, 30, value=_DEFAULTS.guidance, step=0.5, label="Guidance",
+                    guidance = gr.Slider(0, 30, value=defaults.guidance, step=0.5, label="Guidance",
                                          info="how literally the prompt is followed" + draft_note)
                 gr.Markdown("ControlNet strength per layer: how strictly each layer follows its depth map"
                             + draft_note, elem_classes="lc-small")
                 with gr.Row():
-                    strengths = [gr.Slider(0, 2, value=_DEFAULTS.strengths[i], step=0.05, label=name.capitalize(),
+                    strengths = [gr.Slider(0, 2, value=defaults.strengths[i], step=0.05, label=name.capitalize(),
                                            min_width=110) for i, name in enumerate(LAYER_NAMES)]
                 depth_source = gr.Radio([("Scaffold from the plan", "scaffold"), ("Reference image", "reference"),
                                          ("Depth map (white = near)", "map")], value="scaffold",
@@ -407,7 +408,7 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
                                     type="filepath", visible=False, height=120)
                 depth_file = gr.File(label="Depth map (grayscale, 8 or 16 bit, white = near)",
                                      file_types=["image"], type="filepath", visible=False, height=120)
-                parallax = gr.Radio(list(CAMERA_PATHS), value=_DEFAULTS.parallax, label="Parallax video path")
+                parallax = gr.Radio(list(CAMERA_PATHS), value=defaults.parallax, label="Parallax video path")
                 with gr.Row():
                     composition = gr.Radio(
                         [("Auto", "auto"), ("Plate: one picture, then layers", "plate"),

@@ -114,7 +114,7 @@ class WorkerSpec:
     backend: str = "draft"
     backend_options: tuple[tuple[str, str], ...] = ()
     options: Optional[dict] = None
-    """GenerateOptions keyword arguments; steps and guidance, when not given, are the loaded backend's own."""
+    """GenerateOptions keyword arguments; what is not given is the loaded backend's own default."""
     depth_model: Optional[str] = None
     """Depth estimator for picture jobs without a depth map (hub id or folder); None = estimate's default."""
 
@@ -132,10 +132,10 @@ class JobRunner:
         self._log_name = f"{ATTEMPTS_DIR}/{job_name(self.worker)}.jsonl"
         t = time.perf_counter()
         # Every step's imports (matting compiles or loads its kernels) are paid here, once, not in the first job.
-        from . import pipeline  # noqa: F401
+        from .pipeline import GenerateOptions
 
         self.backend, self.notice = resolve_backend(spec.backend, **dict(spec.backend_options))
-        self.options = generate_options(self.backend, spec.options)
+        self.options = GenerateOptions.for_backend(self.backend, **(spec.options or {}))
         self._log("load", "", seconds=time.perf_counter() - t, backend=getattr(self.backend, "name", "?"))
 
     def run(self, job: Job) -> JobOutcome:
@@ -208,23 +208,6 @@ def _picture_stack(job: Job, backend, options, depth_model: Optional[str] = None
     return result
 
 
-def generate_options(backend, given: Optional[dict] = None):
-    """GenerateOptions from the options a user gave; steps and guidance default to the backend's own.
-
-    Args:
-        backend: a loaded backend, or None (then steps 25, guidance 6.0).
-        given: GenerateOptions keyword arguments.
-
-    Returns:
-        The GenerateOptions (ValueError for a bad value).
-    """
-    from .pipeline import GenerateOptions
-
-    defaults = getattr(backend, "defaults", {}) or {}
-    return GenerateOptions(**{"steps": defaults.get("steps", 25), "guidance": defaults.get("guidance", 6.0),
-                              **(given or {})})
-
-
 def read_attempts(out) -> list[dict]:
     """Every worker's attempt log under `<out>/.attempts/`, merged in time order."""
     from .store import open_store
@@ -256,7 +239,7 @@ class BatchSettings:
     backend_options: tuple[tuple[str, str], ...] = ()
     """Backend constructor options (model=, controlnet=, device=, dtype=)."""
     options: Optional[dict] = None
-    """GenerateOptions keyword arguments for every job; steps and guidance not given are the backend's own."""
+    """GenerateOptions keyword arguments for every job; what is not given is the backend's own default."""
     ray_address: Optional[str] = None
     """A Ray cluster address, "auto", or None for a Ray started on this machine."""
     depth_model: Optional[str] = None
@@ -269,7 +252,9 @@ class BatchSettings:
             raise ValueError(f"workers must be 1..1024, got {self.workers}")
         if self.ray_address is not None and self.executor != "ray":
             raise ValueError("a Ray address needs --executor ray")
-        generate_options(None, self.options)  # every option checked before any work
+        from .pipeline import GenerateOptions
+
+        GenerateOptions(**(self.options or {}))  # every option checked before any work
 
 
 @dataclass

@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plate-hint", type=float, help="ControlNet strength of the scaffold on the plate (default 0.3)")
     p.add_argument("--layer-denoise", type=float,
                    help="how far midground and foreground are re-noised from the plate (default 0.55)")
+    p.add_argument("--fill-denoise", type=float,
+                   help="plate: how far the background is re-noised where nearer layers hide it (default 1; 0.75 "
+                        "with the few-step preset: from the fill's colours)")
+    p.add_argument("--control-end", type=float,
+                   help="plate: fraction of the plate's and layers' steps the ControlNet guides (default 1; 0.5 "
+                        "with the few-step preset)")
     p.add_argument("--no-harmonize", action="store_true", help="plate: skip the harmonising pass over the composite")
     p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
     export_args(p)
@@ -257,10 +263,7 @@ def _check_out_dir(out: Path) -> None:
 def _options(args, backend):
     from .pipeline import GenerateOptions
 
-    defaults = getattr(backend, "defaults", {}) or {}
-    kw = {"parallax": args.parallax, "frames": args.frames, "video": not args.no_video,
-          "steps": args.steps if args.steps is not None else defaults.get("steps", 25),
-          "guidance": args.guidance if args.guidance is not None else defaults.get("guidance", 6.0)}
+    kw = {"parallax": args.parallax, "frames": args.frames, "video": not args.no_video}
     if args.strength:
         kw["strengths"] = tuple(args.strength)
     if args.thresholds:
@@ -268,12 +271,13 @@ def _options(args, backend):
     if args.matte_model:
         kw["matte_model"] = args.matte_model
     kw["displacement"] = args.displacement
-    for key in ("composition", "plate_hint", "layer_denoise", "depth_model"):
+    for key in ("steps", "guidance", "composition", "plate_hint", "layer_denoise", "fill_denoise", "control_end",
+                "depth_model"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
     if args.no_harmonize:
         kw["harmonize"] = 0.0
-    return GenerateOptions(**kw, **_export_options(args))
+    return GenerateOptions.for_backend(backend, **kw, **_export_options(args))
 
 
 def _export_options(args) -> dict:

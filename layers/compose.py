@@ -12,7 +12,8 @@ only tie is shared prompt words; here the layers are cut from one picture, so th
    foreground by img2img from the plate's pixels inside the layer's band over a plain backdrop
    (``layer_denoise`` ~0.55, under their own completed band depth, prompt, seed and ControlNet strength: the
    layer's own tokens add the detail one prompt could not hold); the background by inpainting what the nearer
-   layers cover, so it is complete.
+   layers cover, so it is complete (``fill_denoise`` below 1 starts it from the decomposition's fill). The
+   ControlNet guides the first ``control_end`` of the plate's and the layers' steps.
 4. **Matting** of the midground and foreground renders (``layers/matte.py``), with the layer's band as the prior.
 5. **Harmonising**: one low-strength img2img pass over the composite; each layer then takes the colour change
    where it is the visible one (spread behind nearer layers from its own visible pixels only), inside its own
@@ -22,6 +23,7 @@ Plain values in and out; the caller (``pipeline.build_stack``) turns a ``Composi
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
@@ -66,7 +68,11 @@ class ComposeSettings:
     layer_denoise: float = 0.55
     """How far the midground and foreground are re-noised from the plate's pixels, (0, 1]."""
     fill_denoise: float = 1.0
-    """How far the background is re-noised where nearer layers hide it, (0, 1] (1: invented anew)."""
+    """How far the background is re-noised where nearer layers hide it, (0, 1] (1: invented anew; below 1 it starts
+    from the decomposition's fill, the colours of the surroundings)."""
+    control_end: float = 1.0
+    """Fraction of the plate's and the layers' steps the ControlNet guides, (0, 1] (the harmonising pass, one or two
+    steps, is always guided throughout)."""
     harmonize: float = 0.25
     """Denoise of the harmonising img2img pass over the composite, 0..1 (0: no harmonising)."""
     harmonize_control: float = 0.5
@@ -84,7 +90,7 @@ class ComposeSettings:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not lo <= float(value) <= hi:
                 raise ValueError(f"{name} must be in [{lo}, {hi}], got {value!r}")
-        for name in ("layer_denoise", "fill_denoise"):
+        for name in ("layer_denoise", "fill_denoise", "control_end"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
@@ -163,8 +169,7 @@ def compose_stack(plan, backend, scaffold: dict, estimator: Callable[[Image.Imag
         raise ValueError(f"composition 'plate' needs a backend that can repaint (diffusers), not "
                          f"{getattr(backend, 'name', type(backend).__name__)!r}")
     timings: dict[str, float] = {}
-    size = RenderSettings(width=plan.width, height=plan.height, steps=steps, guidance=guidance,
-                          light_direction=plan.light_direction, palette=plan.palette)
+    size = _render_settings(plan, steps, guidance, settings)
 
     t = time.perf_counter()
     report(0.02, "rendering the plate")
@@ -219,7 +224,8 @@ def compose_stack(plan, backend, scaffold: dict, estimator: Callable[[Image.Imag
         layer_denoise=float(settings.layer_denoise), fill_denoise=float(settings.fill_denoise),
         strengths=[float(s) for s in strengths], harmonize=harmonise_info,
         compose_settings={"plate_hint": settings.plate_hint, "layer_denoise": settings.layer_denoise,
-                          "fill_denoise": settings.fill_denoise, "harmonize": settings.harmonize,
+                          "fill_denoise": settings.fill_denoise, "control_end": settings.control_end,
+                          "harmonize": settings.harmonize,
                           "harmonize_control": settings.harmonize_control, "grow": settings.grow,
                           "backdrop": list(settings.backdrop)},
     )
@@ -239,8 +245,7 @@ def recompose_layer(plan, backend, plate: Image.Image, plate_depth: np.ndarray, 
     report = progress or (lambda fraction, text: None)
     if name not in NAMES:
         raise ValueError(f"unknown layer {name!r}; choose one of {', '.join(NAMES)}")
-    size = RenderSettings(width=plan.width, height=plan.height, steps=steps, guidance=guidance,
-                          light_direction=plan.light_direction, palette=plan.palette)
+    size = _render_settings(plan, steps, guidance, settings)
     parts = decompose(plate, as_stored16(plate_depth), layers=len(NAMES))
     if not np.allclose(parts.thresholds, thresholds, atol=1e-6):
         raise ValueError(f"the plate's depth now splits at {list(parts.thresholds)}, not at the stack's "
@@ -259,6 +264,13 @@ def recompose_layer(plan, backend, plate: Image.Image, plate_depth: np.ndarray, 
 
 
 # ------------------------------------------------------------------------------------------------- steps
+
+def _render_settings(plan, steps: int, guidance: float, settings: ComposeSettings) -> RenderSettings:
+    """The plate's and the layers' render settings."""
+    return RenderSettings(width=plan.width, height=plan.height, steps=steps, guidance=guidance,
+                          light_direction=plan.light_direction, palette=plan.palette,
+                          control_end=float(settings.control_end))
+
 
 def _band(parts: Decomposition, name: str) -> np.ndarray:
     return parts.stack[name].alpha
@@ -361,7 +373,7 @@ def harmonize(stack: LayerStack, backend, plan, plate_depth: np.ndarray, size: R
                              image=composite, control=np.asarray(plate_depth, dtype=np.float32),
                              seed=int(plan.seed), denoise=float(settings.harmonize),
                              strength=float(settings.harmonize_control))
-    result = backend.repaint([request], size, progress=progress)
+    result = backend.repaint([request], dataclasses.replace(size, control_end=1.0), progress=progress)
     change = np.asarray(result.images[0], dtype=np.float32) - np.asarray(composite, dtype=np.float32)
     alphas = [layer.alpha for layer in stack]
     layers = []

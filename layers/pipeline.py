@@ -93,6 +93,12 @@ class GenerateOptions:
     """Plate composition: how far the midground and foreground are re-noised from the plate, (0, 1]."""
     harmonize: float = 0.25
     """Plate composition: denoise of the harmonising pass over the composite, 0..1 (0 = off)."""
+    fill_denoise: float = 1.0
+    """Plate composition: how far the background is re-noised where nearer layers hide it, (0, 1] (1 = invented
+    anew; below 1 it starts from the colours of the surroundings). The few-step preset's default is 0.75."""
+    control_end: float = 1.0
+    """Plate composition: fraction of the plate's and the layers' steps the ControlNet guides, (0, 1]. The few-step
+    preset's default is 0.5."""
     depth_model: Optional[str] = None
     """Plate composition: depth estimator of the plate (hub id or folder); None = the default Depth Anything."""
 
@@ -125,12 +131,29 @@ class GenerateOptions:
                              f"got {self.thresholds}")
         if self.composition is not None and self.composition not in COMPOSITIONS:
             raise ValueError(f"unknown composition {self.composition!r}; choose one of {', '.join(COMPOSITIONS)}")
-        self.compose_settings()  # range checks of plate_hint, layer_denoise, harmonize
+        self.compose_settings()  # range checks of the plate composition's settings
 
     def compose_settings(self) -> ComposeSettings:
         """The plate composition's settings."""
         return ComposeSettings(plate_hint=float(self.plate_hint), layer_denoise=float(self.layer_denoise),
-                               harmonize=float(self.harmonize))
+                               harmonize=float(self.harmonize), fill_denoise=float(self.fill_denoise),
+                               control_end=float(self.control_end))
+
+    @classmethod
+    def for_backend(cls, backend, **given) -> "GenerateOptions":
+        """Options with the backend's own defaults where `given` says nothing.
+
+        A model's preset knows what suits it (a few-step model: 4 steps, guidance 8, and a plate composition that
+        spends its ControlNet and its background fill where they count); the draft backend has none, and these
+        dataclass defaults hold.
+
+        Args:
+            backend: a loaded backend, or None.
+            given: GenerateOptions keyword arguments (ValueError for a bad value).
+        """
+        defaults = {k: v for k, v in (getattr(backend, "defaults", None) or {}).items()
+                    if k in {f.name for f in dataclasses.fields(cls)}}
+        return cls(**{**defaults, **given})
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -162,7 +185,7 @@ class StackResult:
 
 
 def generate(prompt: str, backend: Backend, *, seed: int = 0, width: Optional[int] = None,
-             height: Optional[int] = None, options: GenerateOptions = GenerateOptions(),
+             height: Optional[int] = None, options: Optional[GenerateOptions] = None,
              depth_map: Optional[np.ndarray] = None, depth_source: Optional[str] = None,
              overrides: Optional[Mapping[str, str]] = None, progress: Optional[Progress] = None) -> StackResult:
     """Plan a prompt and render it into a layer stack.
@@ -172,7 +195,7 @@ def generate(prompt: str, backend: Backend, *, seed: int = 0, width: Optional[in
         backend: a renderer (see layers.backends.resolve_backend).
         seed: scene seed; each layer gets its own seed derived from it.
         width, height: output size; default from the aspect ratio written in the prompt.
-        options: rendering and export settings.
+        options: rendering and export settings; None: the backend's defaults (GenerateOptions.for_backend).
         depth_map: a float32 (H, W) map in [0, 1], 1 = near, split into the three layers; None = procedural scaffold.
         depth_source: what depth_map is, for the manifest ("map" or "reference"); default "map" when one is given.
         overrides: layer name -> prompt text replacing that layer's planned clauses.
@@ -193,7 +216,7 @@ def generate(prompt: str, backend: Backend, *, seed: int = 0, width: Optional[in
     return result
 
 
-def build_stack(plan: ScenePlan, backend: Backend, *, options: GenerateOptions = GenerateOptions(),
+def build_stack(plan: ScenePlan, backend: Backend, *, options: Optional[GenerateOptions] = None,
                 depth_map: Optional[np.ndarray] = None, depth_source: Optional[str] = None,
                 progress: Optional[Progress] = None) -> StackResult:
     """Render a planned scene: depth maps, one render per layer, mattes, and the stack.
@@ -201,7 +224,7 @@ def build_stack(plan: ScenePlan, backend: Backend, *, options: GenerateOptions =
     Args:
         plan: the ScenePlan.
         backend: the renderer.
-        options: rendering settings.
+        options: rendering settings; None: the backend's defaults (GenerateOptions.for_backend).
         depth_map: optional float32 (H, W) map in [0, 1], 1 = near; None = procedural scaffold.
         depth_source: "map" or "reference" when depth_map is given (recorded in the manifest).
         progress: called with (fraction, description).
@@ -210,6 +233,7 @@ def build_stack(plan: ScenePlan, backend: Backend, *, options: GenerateOptions =
         The StackResult (timings in seconds per stage).
     """
     report = progress or (lambda fraction, text: None)
+    options = options if options is not None else GenerateOptions.for_backend(backend)
     source = "scaffold" if depth_map is None else (depth_source or "map")
     if source not in DEPTH_SOURCES:
         raise ValueError(f"unknown depth source {source!r}; choose one of {', '.join(DEPTH_SOURCES)}")

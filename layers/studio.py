@@ -250,6 +250,11 @@ class Studio:
             self._notices = [n for n in self._notices if n != DRAFT_NOTICE]
         self._notices.append(text)
 
+    def options(self, **given) -> GenerateOptions:
+        """Generate options with this studio's model's own defaults (a few-step model: 4 steps, guidance 8, ...)
+        wherever `given` says nothing; ValueError for a bad value."""
+        return GenerateOptions.for_backend(self.backend, **given)
+
     @property
     def count_tokens(self):
         """The backend's tokenizer-based counter when it has one (else the plan's estimate is used)."""
@@ -284,7 +289,7 @@ class Studio:
                           count_tokens=self.count_tokens, token_budget=self.token_budget)
 
     def generate(self, prompt: str, *, seed: int = 0, width: Optional[int] = None, height: Optional[int] = None,
-                 options: GenerateOptions = GenerateOptions(), depth_source: str = "scaffold",
+                 options: Optional[GenerateOptions] = None, depth_source: str = "scaffold",
                  reference=None, depth_map=None, overrides: Optional[Mapping[str, str]] = None,
                  progress: Optional[Progress] = None) -> Run:
         """Render a scene into a new folder of its own.
@@ -293,7 +298,7 @@ class Studio:
             prompt: the scene prompt.
             seed: the scene seed.
             width, height: output size; None (or 0) = from the prompt's aspect.
-            options: rendering and export settings.
+            options: rendering and export settings; None: the model's defaults (``options()``).
             depth_source: "scaffold", "reference" (estimate depth from `reference`) or "map" (use `depth_map`).
             reference: path of an uploaded reference image (used when depth_source is "reference").
             depth_map: path of an uploaded depth map, white = near (used when depth_source is "map").
@@ -308,6 +313,7 @@ class Studio:
         """
         t0 = time.perf_counter()
         check_prompt(prompt)
+        options = options if options is not None else self.options()
         if depth_source not in DEPTH_SOURCES:
             raise ValueError(f"unknown depth source {depth_source!r}; choose one of {', '.join(DEPTH_SOURCES)}")
         width, height = _size(width, height)
@@ -508,7 +514,7 @@ class Studio:
                    overrides: Mapping[str, str]) -> bool:
         # Only the example exactly as offered (default settings) is cached: one folder per example, never evicted.
         return (prompt.strip() in self.cached_prompts and not overrides and seed == 0 and width is None
-                and options == GenerateOptions())
+                and options == self.options())
 
     def _cached_example(self, prompt, seed, width, height, options, progress, t0) -> Run:
         identity = json.dumps([prompt.strip(), seed, width, height, options.to_dict(), self.backend_name,

@@ -268,7 +268,12 @@ def test_the_cli_composes_from_a_plate_by_default_in_model_mode_and_regenerates_
     assert main(["generate", "--prompt", PROMPT, "--backend", "draft", "--layer-denoise", "2",
                  "--out", str(tmp_path / "y")]) == 2
     assert "layer_denoise must be in (0, 1], got 2.0" in capsys.readouterr().err
-    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+    for flag, value, message in (("--control-end", "0", "control_end must be in (0, 1], got 0.0"),
+                                 ("--fill-denoise", "1.5", "fill_denoise must be in (0, 1], got 1.5")):
+        assert main(["generate", "--prompt", PROMPT, "--backend", "draft", flag, value,
+                     "--out", str(tmp_path / "z")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
 
 
 def test_a_plate_conditions_a_whole_long_prompt_where_a_layer_is_held_to_its_budget(backend):
@@ -311,3 +316,43 @@ def test_the_harmonising_pass_reports_its_steps(backend, tiny_depth_anything_dir
     harmonising = [(f, t) for f, t in texts if t.startswith("harmonising: ")]
     assert harmonising and all(0.85 <= f <= 0.9 for f, _ in harmonising)
     assert harmonising[-1][1] == "harmonising: step 1/1"
+
+
+def test_a_few_step_model_guides_half_its_steps_and_fills_the_background_from_its_surroundings(
+        tiny_lcm_dir, tiny_depth_anything_dir, tmp_path):
+    """The few-step preset's plate composition: the ControlNet runs in the first half of the plate's and the layers'
+    steps only (harmonising: throughout), and the background's hidden part starts from the decomposition's fill
+    three steps from the end. Each UNet call and each ControlNet forward that really runs is counted."""
+    import json
+
+    lcm = DiffusersBackend(model=str(tiny_lcm_dir))
+    chosen = GenerateOptions.for_backend(lcm, composition="plate", depth_model=str(tiny_depth_anything_dir),
+                                         matte_model="closed-form", video=False, frames=2)
+    assert (chosen.steps, chosen.guidance, chosen.control_end, chosen.fill_denoise) == (4, 8.0, 0.5, 0.75)
+    calls = {"unet": [], "controlnet": 0}
+    hooks = [lcm.pipe.unet.register_forward_hook(lambda m, a, o: calls["unet"].append(a[0].shape[0])),
+             lcm.pipe.controlnet.controlnet_mid_block.register_forward_hook(
+                 lambda m, a, o: calls.__setitem__("controlnet", calls["controlnet"] + 1))]
+    try:
+        result = generate(PROMPT, lcm, seed=5, width=W, height=H, options=chosen)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    # plate 4 steps (1 picture), background inpaint 3, midground + foreground 2 (one batch of 2), harmonising 1
+    assert calls["unet"] == [1] * 4 + [1] * 3 + [2] * 2 + [1]
+    # the ControlNet: plate 2 of 4, background 1 of 3, the pair 1 of 2, harmonising 1 of 1
+    assert calls["controlnet"] == 2 + 1 + 1 + 1
+    manifest = json.loads(write_outputs(result, tmp_path / "lcm")["manifest"].read_text())
+    assert manifest["render"]["compose_settings"]["control_end"] == 0.5
+    assert manifest["render"]["fill_denoise"] == 0.75 and manifest["options"]["control_end"] == 0.5
+    # the studio's defaults are the model's: 4 steps, not the 25 a full model takes
+    from layers.studio import Studio
+
+    studio = Studio(lcm, output_root=tmp_path / "outputs", depth_model=str(tiny_depth_anything_dir))
+    assert studio.options() == GenerateOptions.for_backend(lcm)
+    assert (studio.options().steps, studio.options().control_end) == (4, 0.5)
+    import app
+
+    demo = app.build_demo(studio)
+    sliders = {b.label: b.value for b in demo.blocks.values() if type(b).__name__ == "Slider"}
+    assert (sliders["Steps"], sliders["Guidance"]) == (4, 8.0)  # the page offers the model's own defaults

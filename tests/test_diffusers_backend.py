@@ -333,7 +333,7 @@ def test_controlnet_argument_takes_a_pipeline_folders_controlnet_subfolder(tiny_
 def test_few_step_model_runs_without_classifier_free_guidance(tiny_lcm_dir):
     backend = DiffusersBackend(model=str(tiny_lcm_dir))
     assert backend.model_info["few_step"] and backend.model_info["scheduler"] == "LCMScheduler"
-    assert backend.defaults == {"steps": 4, "guidance": 8.0}
+    assert backend.defaults == {"steps": 4, "guidance": 8.0, "control_end": 0.5, "fill_denoise": 0.75}
     settings = RenderSettings(width=W, height=H, steps=4, guidance=8.0)
     with UNetBatches(backend.pipe) as unet:
         result = backend.render(requests(), settings)
@@ -342,6 +342,54 @@ def test_few_step_model_runs_without_classifier_free_guidance(tiny_lcm_dir):
     a = pixels(result)
     assert all(max_diff(x, y) == 0 for x, y in zip(a, pixels(backend.render(requests(), settings))))
     assert max_diff(a[0], pixels(backend.render(requests(seeds=(5, 22, 33)), settings))[0]) > 10
+
+
+class ControlNetRuns:
+    """Counts the ControlNet forwards that really run (a forward hook on its middle block, inside the real forward)."""
+
+    def __init__(self, pipe):
+        self.count = 0
+        self.handle = pipe.controlnet.controlnet_mid_block.register_forward_hook(self._seen)
+
+    def _seen(self, module, args, out):
+        self.count += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def test_the_controlnet_guides_the_first_control_end_of_the_steps_and_is_not_run_after(sd15):
+    """Past control_end diffusers scales the ControlNet's residuals by 0: the backend skips running it, and the
+    picture is the one diffusers makes running it (x + 0 = x), pixel for pixel."""
+    cn = sd15.pipe.controlnet
+    half = dataclasses.replace(SETTINGS, steps=4, control_end=0.5)
+    with UNetBatches(sd15.pipe) as unet, ControlNetRuns(sd15.pipe) as runs:
+        skipping = sd15.render(requests(), half)
+    assert unet.sizes == [6] * 4 and runs.count == 2  # the first two steps of four
+    idle = cn.forward
+    cn.forward = idle.forward  # diffusers' own path: the ControlNet runs at scale 0 in the last two steps
+    try:
+        with ControlNetRuns(sd15.pipe) as runs:
+            running = sd15.render(requests(), half)
+    finally:
+        cn.forward = idle
+    assert runs.count == 4
+    assert all(np.array_equal(a, b) for a, b in zip(pixels(skipping), pixels(running)))
+    # the end matters: guided throughout is another picture; with every strength 0 it never runs
+    full = sd15.render(requests(), dataclasses.replace(half, control_end=1.0))
+    assert max(max_diff(a, b) for a, b in zip(pixels(skipping), pixels(full))) > 0
+    with ControlNetRuns(sd15.pipe) as runs:
+        sd15.render(requests(strengths=(0.0, 0.0, 0.0)), half)
+    assert runs.count == 0
+    with ControlNetRuns(sd15.pipe) as runs:  # a strength per layer (the residual scaler's path) skips alike
+        sd15.render(requests(strengths=(0.5, 1.0, 2.0)), half)
+    assert runs.count == 2
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match=rf"control_end must be in \(0, 1\], got {bad}"):
+            sd15.render(requests(), dataclasses.replace(half, control_end=bad))
 
 
 def test_presets_name_the_published_models():

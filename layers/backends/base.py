@@ -93,6 +93,9 @@ class RenderSettings:
     light_direction: str = "top"
     palette: tuple[str, ...] = ()
     """Colour words of the scene (the draft backend paints with them)."""
+    control_end: float = 1.0
+    """Fraction of the steps the ControlNet guides, from the first, in (0, 1]: the layout is decided in the
+    noisiest steps, and a step past the end runs the UNet alone (the draft backend has no ControlNet)."""
 
 
 @dataclass
