@@ -30,16 +30,17 @@ counted from the published configs by bench/bench_cpu_stack.py, x 4 bytes of saf
 PLATE_DOWNLOAD_GB = 0.3
 """What the plate composition fetches besides (once): Depth Anything V2 Small (24,785,089 parameters, 0.1 GB) and
 rembg's isnet-general-use matting model (~170 MB)."""
-CPU_STACK_SECONDS = 90
+CPU_STACK_SECONDS = 80
 """A 512x768 lcm-sd15 stack as `generate --backend diffusers` makes it on a CPU (plate composition: plate, depth
-estimate, layers from the plate, harmonising; 4 steps, bfloat16, tiny decoder) on 2 idle cores with AMX:
-bench/bench_cpu_stack.py measured 88.1 s wall (151.6 CPU-seconds), cold, with nothing else running (2026-12-02),
-and 107.9-116.0 s in three later runs while the virtual machine's host took CPU time (steal 6-24 %); the scaffold
-composition 64.1 s. Where the CPU has no native bfloat16 the preset renders in float32, slower still."""
+estimate, layers from the plate, harmonising; 4 steps, bfloat16, tiny decoder, the ControlNet over half the steps)
+on 2 idle cores with AMX: bench/bench_cpu_stack.py measured 77.4, 88.7, 77.3 and 80.9 s wall (131-145 CPU-seconds)
+for an example prompt with the virtual machine's host quiet (2026-12-02), and 97.7-136.4 s while the host took
+up to 31-42 % of the CPU; the scaffold composition 64-73 s. Where the CPU has no native bfloat16 the preset renders in
+float32, slower still."""
 FULL_DECODER_EXTRA_SECONDS = 90
-"""What `--decoder full` adds to that stack: 175.2 s instead of 88.1 s in the same run (the plate composition
-encodes three pictures and decodes five; the full VAE takes 45 CPU-s to decode the 3-layer batch where the tiny
-decoder takes 3.8, bench/bench_cpu_speedups.py)."""
+"""What `--decoder full` adds to that stack: 175.2 s instead of 88.1 s in one run, about 150 CPU-seconds in
+another (305.6 against 155.2; the plate composition encodes three pictures and decodes five; the full VAE takes
+45 CPU-s to decode the 3-layer batch where the tiny decoder takes 3.8, bench/bench_cpu_speedups.py)."""
 
 DRAFT_PREFIX = "Draft mode: procedural layout preview, no model weights loaded"
 
