@@ -44,6 +44,7 @@ import numpy as np
 from PIL import Image
 
 from .images import check_unit_map
+from .models import announce
 
 __all__ = ["METHODS", "MatteSettings", "matte_layer", "matte_rgba", "new_matte_session"]
 
@@ -94,7 +95,8 @@ def new_matte_session(model: Union[str, os.PathLike], *, allow_download: bool = 
             are already in rembg's model folder, or the path of an ``.onnx`` file with U^2-Net input and
             output (1x3x320x320 -> 1x1x320x320) placed under ``U2NET_HOME`` (rembg refuses any other place).
         allow_download: let rembg fetch a named model that is not there yet. Off by default, so nothing
-            is downloaded behind the user's back.
+            is downloaded behind the user's back. Before such a download one line goes to the load listeners
+            (``models.add_load_listener``), as for the diffusers weights; rembg shows its own progress bar.
 
     Returns:
         A rembg session (CPU) to pass as ``session=`` to ``matte_layer`` / ``matte_rgba``.
@@ -125,10 +127,12 @@ def new_matte_session(model: Union[str, os.PathLike], *, allow_download: bool = 
     if session_class is None or text in custom:
         choices = ", ".join(sorted(name for name in rembg_sessions if name not in custom))
         raise ValueError(f"unknown matte model {text!r}; choose an .onnx path or one of: {choices}")
-    if not allow_download and session_class.resolve_existing(f"{text}.onnx") is None:
-        raise ValueError(
-            f"matte model {text!r} is not in {session_class.model_dir()}; put {text}.onnx there "
-            "(downloads are off), or pass the path of an .onnx file under U2NET_HOME")
+    if session_class.resolve_existing(f"{text}.onnx") is None:
+        if not allow_download:
+            raise ValueError(
+                f"matte model {text!r} is not in {session_class.model_dir()}; put {text}.onnx there "
+                "(downloads are off), or pass the path of an .onnx file under U2NET_HOME")
+        announce(f"downloading matte model {text} into {session_class.model_dir()} (once)")
     return new_session(text, providers=providers)
 
 

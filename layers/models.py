@@ -167,7 +167,8 @@ def remove_load_listener(listener: LoadListener) -> None:
         _LISTENERS.remove(listener)
 
 
-def _announce(text: str) -> None:
+def announce(text: str) -> None:
+    """Send one "loading ..." / "downloading ..." line to the log and every listener."""
     global _LAST_LINE
     if text == _LAST_LINE:  # a model's config and weights load one after the other: one line for both
         return
@@ -246,7 +247,7 @@ def require_hub(src: ModelSource, what: str) -> None:
     reason = hub_unreachable_reason()
     if reason is not None:
         raise ModelUnavailableError(unavailable_message(src, what, False, None, unreachable=reason))
-    _announce(f"downloading {what} {src.label} from {hub_endpoint()} into {hub_cache()} (once; a dropped connection "
+    announce(f"downloading {what} {src.label} from {hub_endpoint()} into {hub_cache()} (once; a dropped connection "
               f"resumes)")
 
 
@@ -271,7 +272,7 @@ def load_pretrained(loader, src: ModelSource, what: str, local_only: bool, **kwa
     if not src.is_folder:
         kwargs.setdefault("cache_dir", hub_cache())
         _no_agent_lookup()
-    _announce(f"loading {what} {src.label}")
+    announce(f"loading {what} {src.label}")
     attempts = (True,) if (src.is_folder or local_only) else (True, False)
     # Missing files are OSErrors in diffusers/transformers/huggingface_hub; a folder with a broken or foreign
     # config is a ValueError in transformers ("Unrecognized model").
@@ -290,6 +291,6 @@ def load_pretrained(loader, src: ModelSource, what: str, local_only: bool, **kwa
     raise ModelUnavailableError(unavailable_message(src, what, local_only, error)) from error
 
 
-__all__ = ["DOWNLOAD_PATTERNS", "LoadListener", "ModelSource", "ModelUnavailableError", "add_load_listener",
+__all__ = ["DOWNLOAD_PATTERNS", "LoadListener", "ModelSource", "ModelUnavailableError", "add_load_listener", "announce",
            "cached_files", "hub_cache", "hub_endpoint", "hub_offline", "hub_unreachable_reason", "load_pretrained",
            "parse_model_source", "remove_load_listener", "require_hub", "unavailable_message"]

@@ -32,7 +32,7 @@ from .export import (export_ora, export_psd, export_zip, load_depth_png16, packa
 from .gltf import GlbSettings, export_glb
 from .images import PIXEL_LIMIT_VAR, open_image, pixel_limit
 from .manifest import inside, read_manifest
-from .models import hub_offline
+from .models import add_load_listener, hub_offline, remove_load_listener
 from .matte import matte_rgba, new_matte_session
 from .parallax import CAMERA_PATHS, iter_parallax_frames, write_video
 from .plan import LAYER_NAMES, ScenePlan, plan_scene, with_layer
@@ -291,22 +291,33 @@ def _default_depth_model() -> str:
     return DEFAULT_DEPTH_MODEL
 
 
-def _plate_matting(options: GenerateOptions) -> tuple[object, str, Optional[str]]:
-    """(rembg session or None, the matte model used, a notice when it fell back to closed-form matting)."""
+def _plate_matting(options: GenerateOptions, report: Optional[Progress] = None) -> tuple[object, str, Optional[str]]:
+    """(rembg session or None, the matte model used, a notice when it fell back to closed-form matting).
+
+    A first use downloads the model (~170 MB for the default): the progress bar says so meanwhile."""
     model = options.matte_model or DEFAULT_MATTE_MODEL
     if model == CLOSED_FORM:
         return None, model, None
+
+    def say(line: str) -> None:
+        if line.startswith("downloading matte model"):
+            report(0.01, line)
+
+    if report is not None:
+        add_load_listener(say)
     try:
         return _matte_session(model, allow_download=not hub_offline()), model, None
     except (ValueError, OSError) as exc:
         return None, CLOSED_FORM, f"Closed-form matting: rembg model {model!r} unavailable ({exc})"
+    finally:
+        remove_load_listener(say)
 
 
 def _build_plate_stack(plan: ScenePlan, backend: Backend, estimator, options: GenerateOptions,
                        report: Progress) -> StackResult:
     t = time.perf_counter()
     scaffold = build_depth_maps(plan, settings=DepthSettings(thresholds=options.thresholds, source="scaffold"))
-    session, matte_model, notice = _plate_matting(options)
+    session, matte_model, notice = _plate_matting(options, report)
     timings = {"depth": time.perf_counter() - t}
     composed = compose_stack(plan, backend, scaffold, estimator, steps=options.steps, guidance=options.guidance,
                              strengths=options.strengths, settings=options.compose_settings(), session=session,

@@ -199,6 +199,41 @@ def test_without_rembg_weights_offline_the_closed_form_matte_is_used_with_a_noti
     assert notice.startswith("Closed-form matting: rembg model 'isnet-general-use' unavailable")
 
 
+def test_a_first_use_of_the_matte_model_says_it_downloads_and_a_failed_download_falls_back(
+        backend, tiny_depth_anything_dir, tmp_path, monkeypatch, capsys):
+    """rembg fetches isnet-general-use (~170 MB) on first use: the progress bar and the CLI say so before its own
+    bar; with no route to the download, the stack is matted offline with a one-line notice."""
+    import socket
+
+    from layers.cli import _say_downloads
+    from layers.models import add_load_listener, remove_load_listener
+
+    monkeypatch.setenv("U2NET_HOME", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    lookups = []
+
+    def no_lookup(host, *a, **k):
+        lookups.append(host)
+        raise socket.gaierror("name lookup blocked by the test")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    texts = []
+    add_load_listener(_say_downloads)
+    try:
+        result = generate(PROMPT, backend, seed=5, width=W, height=H,
+                          options=options(tiny_depth_anything_dir, matte_model=None, harmonize=0.0),
+                          progress=lambda fraction, text: texts.append(text))
+    finally:
+        remove_load_listener(_say_downloads)
+    line = f"downloading matte model isnet-general-use into {tmp_path / 'empty'}"
+    assert any(text.startswith(line) for text in texts)
+    assert f"layercake: {line}" in capsys.readouterr().err
+    assert lookups  # it did try
+    assert result.render_info["matte_model"] == "closed-form"
+    (notice,) = result.render_info["notices"]
+    assert notice.startswith("Closed-form matting: rembg model 'isnet-general-use' unavailable") and "\n" not in notice
+
+
 def test_the_manifest_records_how_the_stack_was_composed(plated, tmp_path, tiny_depth_anything_dir):
     import json
 
