@@ -15,12 +15,12 @@ ControlNet through every step and the background's hidden part from noise (what 
 the preset took control_end 0.5 and fill_denoise 0.75; warm by then, which favours it); the scaffold composition
 (three layers in one 4-step call). `--runs plate+full` adds the full SD1.5 VAE.
 
-Reported: seconds per stage and in all; the process's CPU time (what the load of a shared machine does not
-change; CPU seconds / threads is a lower bound of the wall time: measured quiet, ~12 % of the two cores' time stays
-idle while a step runs, in the waits between an operation's parallel parts); the longest gap between two progress updates (how long the progress
-bar stands still); the download the preset costs (float32 safetensors = 4 bytes per parameter of the files
-from_pretrained fetches: UNet, text encoder, decoder, ControlNet; the safety checker is not fetched); the load
-average before and after (the figure is inflated on a shared machine). Target: <= 90 s on 2 cores.
+Reported: seconds per stage and in all; the process's CPU time (what the load of a shared machine does not change;
+CPU seconds / threads is a lower bound of the wall time: measured quiet, ~12 % of the two cores' time stays idle
+while a step runs, in the waits between an operation's parallel parts); the longest gap between two progress updates
+(how long the progress bar stands still); the download the preset costs (float32 safetensors = 4 bytes per parameter
+of the files from_pretrained fetches: UNet, text encoder, decoder, ControlNet; the safety checker is not fetched);
+the load average before and after (the figure is inflated on a shared machine). Target: <= 90 s on 2 cores.
 """
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -46,7 +46,7 @@ from PIL import Image
 from .images import check_unit_map
 from .models import announce
 
-__all__ = ["METHODS", "MatteSettings", "matte_layer", "matte_rgba", "new_matte_session"]
+__all__ = ["METHODS", "MatteSettings", "download_line", "matte_layer", "matte_rgba", "new_matte_session"]
 
 
 METHODS = ("key+cf", "key", "closed-form")
@@ -127,13 +127,25 @@ def new_matte_session(model: Union[str, os.PathLike], *, allow_download: bool = 
     if session_class is None or text in custom:
         choices = ", ".join(sorted(name for name in rembg_sessions if name not in custom))
         raise ValueError(f"unknown matte model {text!r}; choose an .onnx path or one of: {choices}")
-    if session_class.resolve_existing(f"{text}.onnx") is None:
+    line = download_line(text)
+    if line is not None:
         if not allow_download:
             raise ValueError(
                 f"matte model {text!r} is not in {session_class.model_dir()}; put {text}.onnx there "
                 "(downloads are off), or pass the path of an .onnx file under U2NET_HOME")
-        announce(f"downloading matte model {text} into {session_class.model_dir()} (once)")
+        announce(line)
     return new_session(text, providers=providers)
+
+
+def download_line(model: str) -> Optional[str]:
+    """The line said before rembg fetches the named matte `model` (its weights are not in rembg's folder yet);
+    None when nothing is to be fetched (the weights are there, or `model` is not a rembg name)."""
+    from rembg.sessions import sessions as rembg_sessions
+
+    session_class = rembg_sessions.get(model)
+    if session_class is None or session_class.resolve_existing(f"{model}.onnx") is not None:
+        return None
+    return f"downloading matte model {model} into {session_class.model_dir()} (once)"
 
 
 # --------------------------------------------------------------------------------------------- matting

@@ -248,7 +248,7 @@ def require_hub(src: ModelSource, what: str) -> None:
     if reason is not None:
         raise ModelUnavailableError(unavailable_message(src, what, False, None, unreachable=reason))
     announce(f"downloading {what} {src.label} from {hub_endpoint()} into {hub_cache()} (once; a dropped connection "
-              f"resumes)")
+             f"resumes)")
 
 
 def load_pretrained(loader, src: ModelSource, what: str, local_only: bool, **kwargs):

@@ -32,8 +32,8 @@ from .export import (export_ora, export_psd, export_zip, load_depth_png16, packa
 from .gltf import GlbSettings, export_glb
 from .images import PIXEL_LIMIT_VAR, open_image, pixel_limit
 from .manifest import inside, read_manifest
-from .models import add_load_listener, hub_offline, remove_load_listener
-from .matte import matte_rgba, new_matte_session
+from .models import hub_offline
+from .matte import download_line, matte_rgba, new_matte_session
 from .parallax import CAMERA_PATHS, iter_parallax_frames, write_video
 from .plan import LAYER_NAMES, ScenePlan, plan_scene, with_layer
 from .stack import LayerStack, StackLayer
@@ -97,8 +97,8 @@ class GenerateOptions:
     """Plate composition: how far the background is re-noised where nearer layers hide it, (0, 1] (1 = invented
     anew; below 1 it starts from the colours of the surroundings). The few-step preset's default is 0.75."""
     control_end: float = 1.0
-    """Plate composition: fraction of the plate's and the layers' steps the ControlNet guides, (0, 1]. The few-step
-    preset's default is 0.5."""
+    """Plate composition: fraction of the plate's and the layers' steps the ControlNet guides, (0, 1], in whole steps
+    and at least the first. The few-step preset's default is 0.5."""
     depth_model: Optional[str] = None
     """Plate composition: depth estimator of the plate (hub id or folder); None = the default Depth Anything."""
 
@@ -298,19 +298,14 @@ def _plate_matting(options: GenerateOptions, report: Optional[Progress] = None) 
     model = options.matte_model or DEFAULT_MATTE_MODEL
     if model == CLOSED_FORM:
         return None, model, None
-
-    def say(line: str) -> None:
-        if line.startswith("downloading matte model"):
-            report(0.01, line)
-
-    if report is not None:
-        add_load_listener(say)
+    allow = not hub_offline()
     try:
-        return _matte_session(model, allow_download=not hub_offline()), model, None
+        line = download_line(model) if allow and report is not None else None
+        if line is not None:
+            report(0.01, line)
+        return _matte_session(model, allow_download=allow), model, None
     except (ValueError, OSError) as exc:
         return None, CLOSED_FORM, f"Closed-form matting: rembg model {model!r} unavailable ({exc})"
-    finally:
-        remove_load_listener(say)
 
 
 def _build_plate_stack(plan: ScenePlan, backend: Backend, estimator, options: GenerateOptions,
@@ -437,7 +432,7 @@ def _regenerate_plate_layer(result: StackResult, plan: ScenePlan, layer: str, ba
                             report: Progress) -> StackResult:
     t = time.perf_counter()
     options = result.options
-    session, _, _ = _plate_matting(options) if result.render_info.get("matte_model") != CLOSED_FORM \
+    session, _, _ = _plate_matting(options, report) if result.render_info.get("matte_model") != CLOSED_FORM \
         else (None, None, None)
     new_layer, depth, facts = recompose_layer(
         plan, backend, result.plate, result.plate_depth, result.render_info["decompose"]["thresholds"],

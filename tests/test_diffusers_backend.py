@@ -361,35 +361,74 @@ class ControlNetRuns:
         self.handle.remove()
 
 
-def test_the_controlnet_guides_the_first_control_end_of_the_steps_and_is_not_run_after(sd15):
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_the_controlnet_guides_the_first_control_end_of_the_steps_and_is_not_run_after(family, request):
     """Past control_end diffusers scales the ControlNet's residuals by 0: the backend skips running it, and the
     picture is the one diffusers makes running it (x + 0 = x), pixel for pixel."""
-    cn = sd15.pipe.controlnet
+    backend = request.getfixturevalue(family)
+    cn = backend.pipe.controlnet
     half = dataclasses.replace(SETTINGS, steps=4, control_end=0.5)
-    with UNetBatches(sd15.pipe) as unet, ControlNetRuns(sd15.pipe) as runs:
-        skipping = sd15.render(requests(), half)
+    with UNetBatches(backend.pipe) as unet, ControlNetRuns(backend.pipe) as runs:
+        skipping = backend.render(requests(), half)
     assert unet.sizes == [6] * 4 and runs.count == 2  # the first two steps of four
     idle = cn.forward
     cn.forward = idle.forward  # diffusers' own path: the ControlNet runs at scale 0 in the last two steps
     try:
-        with ControlNetRuns(sd15.pipe) as runs:
-            running = sd15.render(requests(), half)
+        with ControlNetRuns(backend.pipe) as runs:
+            running = backend.render(requests(), half)
     finally:
         cn.forward = idle
     assert runs.count == 4
     assert all(np.array_equal(a, b) for a, b in zip(pixels(skipping), pixels(running)))
     # the end matters: guided throughout is another picture; with every strength 0 it never runs
-    full = sd15.render(requests(), dataclasses.replace(half, control_end=1.0))
+    full = backend.render(requests(), dataclasses.replace(half, control_end=1.0))
     assert max(max_diff(a, b) for a, b in zip(pixels(skipping), pixels(full))) > 0
-    with ControlNetRuns(sd15.pipe) as runs:
-        sd15.render(requests(strengths=(0.0, 0.0, 0.0)), half)
+    with ControlNetRuns(backend.pipe) as runs:
+        backend.render(requests(strengths=(0.0, 0.0, 0.0)), half)
     assert runs.count == 0
-    with ControlNetRuns(sd15.pipe) as runs:  # a strength per layer (the residual scaler's path) skips alike
-        sd15.render(requests(strengths=(0.5, 1.0, 2.0)), half)
+    with ControlNetRuns(backend.pipe) as runs:  # a strength per layer (the residual scaler's path) skips alike
+        backend.render(requests(strengths=(0.5, 1.0, 2.0)), half)
     assert runs.count == 2
+    with ControlNetRuns(backend.pipe) as runs:  # an end short of one step still guides the first
+        backend.render(requests(), dataclasses.replace(half, control_end=0.1))
+    assert runs.count == 1
     for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match=rf"control_end must be in \(0, 1\], got {bad}"):
-            sd15.render(requests(), dataclasses.replace(half, control_end=bad))
+            backend.render(requests(), dataclasses.replace(half, control_end=bad))
+
+
+def test_the_controlnet_skip_runs_in_guess_mode_and_survives_offload_hooks(tiny_sd15_dir):
+    """Guess mode zero-pads the ControlNet's residuals (a skip would hand it None), so it always runs. diffusers'
+    model offload takes accelerate's hooks off and puts them back around every call; the skip must stay."""
+    from accelerate import cpu_offload_with_hook
+    from accelerate.hooks import remove_hook_from_module
+
+    from layers.backends.diffusers import _IdleControlNet
+
+    backend = DiffusersBackend(model=str(tiny_sd15_dir))
+    cn = backend.pipe.controlnet
+    size = 8 * backend.pipe.vae_scale_factor
+    args = (torch.zeros(1, cn.config.in_channels, 8, 8), 10)
+    kwargs = dict(encoder_hidden_states=torch.zeros(1, 4, cn.config.cross_attention_dim),
+                  controlnet_cond=torch.zeros(1, 3, size, size), conditioning_scale=0.0, return_dict=False)
+    with torch.inference_mode():
+        assert cn(*args, **kwargs) == (None, None)
+        down, mid = cn(*args, guess_mode=True, **kwargs)
+    assert mid is not None and all(d is not None for d in down)
+    # hooks put on after the skip keep it as the forward they restore
+    cpu_offload_with_hook(cn, "cpu")
+    remove_hook_from_module(cn)
+    assert isinstance(cn.forward, _IdleControlNet)
+    # a pipeline handed in with its hooks already on: the forward they keep is wrapped
+    cn.forward = cn.forward.forward
+    cpu_offload_with_hook(cn, "cpu")
+    again = DiffusersBackend.from_pipeline(backend.pipe, model="hooked")
+    half = dataclasses.replace(SETTINGS, steps=4, control_end=0.5)
+    with ControlNetRuns(backend.pipe) as runs:
+        again.render(requests(), half)
+    assert runs.count == 2
+    remove_hook_from_module(cn)
+    assert isinstance(cn.forward, _IdleControlNet)
 
 
 def test_presets_name_the_published_models():

@@ -95,7 +95,8 @@ class RenderSettings:
     """Colour words of the scene (the draft backend paints with them)."""
     control_end: float = 1.0
     """Fraction of the steps the ControlNet guides, from the first, in (0, 1]: the layout is decided in the
-    noisiest steps, and a step past the end runs the UNet alone (the draft backend has no ControlNet)."""
+    noisiest steps, and a step past the end runs the UNet alone. Whole steps, at least the first one of each call
+    (a 2-step repaint at 0.3 is guided in its first step). The draft backend has no ControlNet."""
 
 
 @dataclass

@@ -31,7 +31,7 @@ import gc
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -254,20 +254,38 @@ class _IdleControlNet:
     diffusers' ControlNet pipelines call the ControlNet on every step and scale its residuals by 0 past
     ``control_guidance_end`` (and for a strength of 0): on a CPU that is a quarter of a step's work for nothing.
     Skipped, the pipeline hands the UNet no residuals, which is the same sum (x + 0 = x). Installed once per
-    ControlNet as an instance attribute, so every pipeline sharing it (``from_pipe``) skips alike; `skipped` counts
-    the calls not run."""
+    ControlNet as an instance attribute (``_skip_idle_controlnet``), so every pipeline sharing it (``from_pipe``)
+    skips alike."""
 
     def __init__(self, forward):
         self.forward = forward
-        self.skipped = 0
 
     def __call__(self, *args, conditioning_scale=1.0, guess_mode: bool = False, return_dict: bool = True, **kwargs):
         if (isinstance(conditioning_scale, (int, float)) and conditioning_scale == 0 and not guess_mode
                 and not return_dict):
-            self.skipped += 1
             return None, None
         return self.forward(*args, conditioning_scale=conditioning_scale, guess_mode=guess_mode,
                             return_dict=return_dict, **kwargs)
+
+
+def _skip_idle_controlnet(controlnet) -> None:
+    """Wrap the ControlNet's forward in _IdleControlNet, once.
+
+    accelerate's offload hooks (diffusers re-installs them around every pipeline call) keep the module's own forward
+    as ``_old_forward`` and put it back when removed: under them, that is the forward to wrap."""
+    name = "_old_forward" if hasattr(controlnet, "_hf_hook") and hasattr(controlnet, "_old_forward") else "forward"
+    forward = getattr(controlnet, name)
+    if not isinstance(forward, _IdleControlNet):
+        setattr(controlnet, name, _IdleControlNet(forward))
+
+
+def _guided(settings: RenderSettings, steps_run: int) -> RenderSettings:
+    """`settings` with control_end raised to cover at least the first of the `steps_run` steps a call runs.
+
+    diffusers guides step i (of n) only while (i + 1) / n <= control_end: an end below 1 / n would leave a short
+    call (a 2-step repaint) with no ControlNet at all, and the layer's strength with no effect."""
+    end = max(float(settings.control_end), 1.0 / max(1, steps_run))
+    return settings if end == settings.control_end else replace(settings, control_end=min(1.0, end))
 
 
 class _StepTicks:
@@ -538,6 +556,7 @@ class DiffusersBackend:
         self._repaint_pipes: dict[str, Any] = {}
         self.progress_interval = PROGRESS_INTERVAL
         pipe.set_progress_bar_config(disable=True)
+        _skip_idle_controlnet(pipe.controlnet)  # before any offload hooks, which keep and restore the wrapped forward
         if offload is None:
             placement = "as given"
         else:
@@ -554,8 +573,6 @@ class DiffusersBackend:
             scaler = _ResidualScaler()
             pipe.controlnet.register_forward_hook(scaler)
             pipe.controlnet._layer_strength_scaler = scaler
-        if not isinstance(pipe.controlnet.forward, _IdleControlNet):
-            pipe.controlnet.forward = _IdleControlNet(pipe.controlnet.forward)
         self._scaler = scaler
         unet_config = pipe.unet.config
         self.few_step = unet_config.get("time_cond_proj_dim") is not None
@@ -856,8 +873,8 @@ class DiffusersBackend:
 
         full = (settings.width, settings.height)
         fallbacks: list[str] = []
-        images, batching = self._batched_or_one_by_one(requests, encoded, settings, cfg, progress, layers_info,
-                                                       fallbacks)
+        images, batching = self._batched_or_one_by_one(requests, encoded, _guided(settings, settings.steps), cfg,
+                                                       progress, layers_info, fallbacks)
 
         info = dict(self.model_info)
         info.update(
@@ -989,9 +1006,10 @@ class DiffusersBackend:
         for (kind, denoise), members in groups.items():
             group = [requests[i] for i in members]
             pipe = self.repaint_pipeline(kind)
+            runs = min(int(settings.steps * denoise), settings.steps)  # diffusers' get_timesteps
             out, batching = self._batched_or_one_by_one(
-                group, [encoded[i] for i in members], settings, cfg, progress, layers_info, fallbacks, pipe=pipe,
-                inputs=functools.partial(_repaint_inputs, kind=kind, denoise=denoise))
+                group, [encoded[i] for i in members], _guided(settings, runs), cfg, progress, layers_info, fallbacks,
+                pipe=pipe, inputs=functools.partial(_repaint_inputs, kind=kind, denoise=denoise))
             for i, image in zip(members, out):
                 images[i] = _keep_unmasked(image, requests[i])
             calls.append({"layers": [r.name for r in group], "pipeline": type(pipe).__name__, "denoise": denoise,
