@@ -197,6 +197,19 @@ def test_progress_moves_within_each_step_and_during_the_vae_decoding(family, req
     assert_moves_within_every_step_and_while_decoding(calls, "background", STEPS)
 
 
+def test_progress_runs_through_a_step_whose_controlnet_is_skipped(sd15, monkeypatch):
+    """Past control_end a step runs the UNet alone: the bar still crosses the whole step, not the UNet's share of
+    a guided one, before it jumps to the next."""
+    monkeypatch.setattr(sd15, "progress_interval", 0.0)
+    calls = []
+    sd15.render(requests(), dataclasses.replace(SETTINGS, steps=4, control_end=0.5),
+                progress=lambda *a: calls.append(a))
+    steps = [s for _, s, _ in calls]
+    for k in (1, 3):  # guided, then skipped
+        inside = [s for s in steps if k - 1 < s < k]
+        assert len(inside) >= 3 and max(inside) > k - 0.15, (k, inside)
+
+
 def test_progress_within_a_step_is_at_most_one_report_per_interval(sd15, monkeypatch):
     monkeypatch.setattr(sd15, "progress_interval", 3600.0)
     calls = []

@@ -303,8 +303,15 @@ class _StepTicks:
                  size: tuple[int, int]):
         self.pipe, self.label, self.progress, self.interval = pipe, label, progress, interval
         unet, cn, decoder = pipe.unet, pipe.controlnet, pipe.vae.decoder
-        self._step_blocks = [part for m in (*unet.down_blocks, unet.mid_block, *unet.up_blocks, *cn.down_blocks,
-                                            cn.mid_block) if m is not None for part in _parts(m)]
+        unet_parts = [part for m in (*unet.down_blocks, unet.mid_block, *unet.up_blocks) if m is not None
+                      for part in _parts(m)]
+        cn_parts = [part for m in (*cn.down_blocks, cn.mid_block) if m is not None for part in _parts(m)]
+        self._step_blocks = unet_parts + cn_parts
+        # A step whose ControlNet is skipped (_IdleControlNet) runs the UNet's parts only; the ControlNet runs
+        # first, so a step's first part says which.
+        self._cn_parts = {id(m) for m in cn_parts}
+        self._unet_count = len(unet_parts)
+        self._per_step = len(self._step_blocks)
         if _is_tiny(pipe.vae):  # TAESD: a plain stack of blocks
             self._decode_blocks = [m for m in decoder.layers if type(m).__name__ == "AutoencoderTinyBlock"]
         else:
@@ -338,11 +345,13 @@ class _StepTicks:
 
     def _step_tick(self, module, args, output):
         total = self.pipe.num_timesteps
+        if self._ticks == 0:
+            self._per_step = len(self._step_blocks) if id(module) in self._cn_parts else self._unet_count
         self._ticks += 1
-        if self._decoding or self.done >= total or (self._ticks >= len(self._step_blocks) and self.done < total - 1):
+        if self._decoding or self.done >= total or (self._ticks >= self._per_step and self.done < total - 1):
             return  # the step's end is reported as a whole step
         share = DENOISE_SHARE if self.done == total - 1 else 1.0
-        self._report(self.done + share * min(self._ticks / len(self._step_blocks), 0.99), total)
+        self._report(self.done + share * min(self._ticks / self._per_step, 0.99), total)
 
     def _decode_tick(self, module, args, output):
         if not self._decoding:
