@@ -92,6 +92,7 @@ def main() -> None:
     print(f"built {'tiny' if args.dry_run else 'full-size'} lcm pipeline and both decoders in "
           f"{time.perf_counter() - t:.1f} s", flush=True)
     estimator = build_depth_anything_small(Path(tempfile.mkdtemp(prefix="bench_cpu_da_")), small=args.dry_run)
+    prompt = args.prompt_file.read_text(encoding="utf-8").strip()
     for run in args.runs.split(","):
         composition, decoder, *guided = run.split("+")
         pipe.vae = decoders[decoder]
@@ -105,7 +106,7 @@ def main() -> None:
             what += (f", ControlNet over {options.control_end:g} of the steps, background fill re-noised "
                      f"{options.fill_denoise:g}")
         print(f"\n{what} ({backend.model_info['memory_format']} UNet):", flush=True)
-        run_stack(backend, options, w, h, what, args.prompt_file.read_text(encoding="utf-8").strip())
+        run_stack(backend, options, w, h, what, prompt)
     print(f"load average after {loadavg()} (a shared machine inflates the figure); target <= 90 s")
 
 

@@ -199,8 +199,9 @@ class Studio:
 
     @classmethod
     def create(cls, backend: str = "auto", *, model: Optional[str] = None, controlnet: Optional[str] = None,
-               decoder: Optional[str] = None, output_root="outputs", limits: Optional[StudioLimits] = None, cached_prompts: Sequence[str] = (),
-               concurrency: Optional[int] = None, depth_model: Optional[str] = None) -> "Studio":
+               decoder: Optional[str] = None, output_root="outputs", limits: Optional[StudioLimits] = None,
+               cached_prompts: Sequence[str] = (), concurrency: Optional[int] = None,
+               depth_model: Optional[str] = None) -> "Studio":
         """Load a backend by name and wrap it.
 
         Args:

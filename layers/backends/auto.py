@@ -133,8 +133,8 @@ def choose(name: str, options: dict) -> tuple[str, dict, Optional[str]]:
     # auto on a CPU: the model only when nothing has to be downloaded (the full VAE when the tiny decoder is not)
     for model in [options["model"]] if options.get("model") else [CPU_PRESET, DEFAULT_PRESET]:
         picked = _cpu_options(options, model)
-        decoders = [picked["decoder"]] if options.get("decoder") else [picked.get("decoder", "full"), "full"]
-        for decoder in dict.fromkeys(decoders):
+        # the preset's own decoder first, then the full VAE, unless one was asked for
+        for decoder in dict.fromkeys([picked.get("decoder", "full"), options.get("decoder", "full")]):
             if weights_cached(model, options.get("controlnet"), decoder):
                 return "diffusers", dict(picked, decoder=decoder) if "decoder" in picked else picked, None
     if options.get("model"):
