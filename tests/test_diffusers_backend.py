@@ -553,3 +553,23 @@ def test_on_a_cpu_the_unet_and_controlnet_run_channels_last_and_render_the_same_
         for model in (sd15.pipe.unet, sd15.pipe.controlnet):
             model.to(memory_format=torch.channels_last)
     assert all(max_diff(x, y) <= 2 for x, y in zip(pixels(contiguous), pixels(sd15_stack)))
+
+
+def test_progress_counts_the_tiles_of_a_tiled_vae_decoding(sd15, monkeypatch):
+    """With VAE tiling on (an accelerator's memory fallback), the decoding runs once per tile: the bar still ends on
+    the last step and moves through every tile's decoding, rather than failing on the tile count."""
+    vae = sd15.pipe.vae
+    monkeypatch.setattr(sd15, "progress_interval", 0.0)
+    monkeypatch.setattr(sd15, "vae_tiling", True)
+    latent = (H // sd15.pipe.vae_scale_factor, W // sd15.pipe.vae_scale_factor)
+    monkeypatch.setattr(vae, "tile_latent_min_size", max(2, min(latent) // 2))
+    monkeypatch.setattr(vae, "tile_sample_min_size", vae.tile_latent_min_size * sd15.pipe.vae_scale_factor)
+    decodes = []
+    handle = vae.decoder.register_forward_hook(lambda m, args, out: decodes.append(1))
+    calls = []
+    try:
+        result = sd15.render(requests()[:1], SETTINGS, progress=lambda *a: calls.append(a))
+    finally:
+        handle.remove()
+    assert len(decodes) > 1 and result.images[0].size == (W, H)  # it really decoded tile by tile
+    assert_moves_within_every_step_and_while_decoding(calls, "background", STEPS)

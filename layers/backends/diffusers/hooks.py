@@ -184,15 +184,14 @@ def _tiles(vae, size: tuple[int, int], scale: int) -> int:
     """How many tiles the VAE decodes one width x height image in (1 without tiling), for the progress count."""
     if not getattr(vae, "use_tiling", False):
         return 1
-    size = getattr(vae, "tile_latent_min_size", 0)
-    overlap = int(size * (1 - getattr(vae, "tile_overlap_factor", 0.25)))
-    if size <= 0 or overlap <= 0:
+    tile = getattr(vae, "tile_latent_min_size", 0)
+    overlap = int(tile * (1 - getattr(vae, "tile_overlap_factor", 0.25)))
+    if tile <= 0 or overlap <= 0:
         return 1
     latent_w, latent_h = size[0] // scale, size[1] // scale
-    if latent_h <= size and latent_w <= size:
+    if latent_h <= tile and latent_w <= tile:
         return 1
     return -(-latent_h // overlap) * -(-latent_w // overlap)
-
 
 
 @contextlib.contextmanager
