@@ -397,4 +397,6 @@ def harmonize(stack: LayerStack, backend, plan, plate_depth: np.ndarray, size: R
     info = {"strength": float(settings.harmonize), "control": float(settings.harmonize_control),
             "seed": int(plan.seed), "layers": [layer.name for layer in stack if only is None or layer.name in only],
             "mean_change": round(float(np.abs(change).mean()), 4)}
+    for call in result.info.get("calls", [])[:1]:  # the steps the pass ran (at least one, whatever the denoise)
+        info.update(steps=call.get("steps"), steps_run=call.get("steps_run"))
     return LayerStack(layers), info

@@ -22,7 +22,7 @@ from PIL import Image
 
 from . import __version__, folders
 from .backends import Backend, ModelUnavailableError, RenderRequest, RenderSettings
-from .backends.base import step_text
+from .backends.base import scheduler_steps, step_text
 from .compose import (CLOSED_FORM, COMPOSITIONS, DEFAULT_MATTE_MODEL, ComposeSettings, compose_stack, load_estimator,
                       recompose_layer)
 from .depth import DepthSettings, LayerDepth, build_depth_maps
@@ -239,6 +239,7 @@ def build_stack(plan: ScenePlan, backend: Backend, *, options: Optional[Generate
         raise ValueError(f"unknown depth source {source!r}; choose one of {', '.join(DEPTH_SOURCES)}")
     timings: dict[str, float] = {}
     composition, notices = _composition(options, backend, depth_map), []
+    check_steps(options, backend, plate=composition == "plate")
     if composition == "plate":
         try:
             estimator = load_estimator(options.depth_model or _default_depth_model())
@@ -270,6 +271,31 @@ def build_stack(plan: ScenePlan, backend: Backend, *, options: Optional[Generate
         info["notices"] = notices
     return StackResult(plan=plan, depths=depths, stack=LayerStack(layers), render_info=info,
                        options=options, depth_source=source, timings=timings)
+
+
+def check_steps(options: GenerateOptions, backend: Backend, *, plate: bool) -> None:
+    """Refuse, before any work, steps the backend's scheduler cannot run.
+
+    Every pass runs at least one step whatever the denoise (`scheduler_steps`): a pass of the plate composition
+    whose one step needs a schedule longer than the model's (a few-step scheduler's, 50 for LCM) is refused here,
+    not after the plate.
+
+    Raises:
+        ValueError: naming the setting and the model's limit.
+    """
+    limit = getattr(backend, "max_steps", None)
+    if limit is None:
+        return
+    if options.steps > limit:
+        raise ValueError(f"steps {options.steps}: this model's scheduler runs at most {limit} steps")
+    if not plate:
+        return
+    for name in ("layer_denoise", "fill_denoise", "harmonize"):
+        denoise = float(getattr(options, name))
+        if denoise > 0 and scheduler_steps(options.steps, denoise) > limit:
+            raise ValueError(f"{name} {denoise:g} needs a schedule of {scheduler_steps(options.steps, denoise)} "
+                             f"steps to run one; this model's scheduler runs at most {limit}: raise it to at least "
+                             f"{1 / limit:.3g}")
 
 
 def _composition(options: GenerateOptions, backend: Backend, depth_map) -> str:
@@ -344,6 +370,8 @@ def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed:
     """
     if layer not in result.stack.names:
         raise ValueError(f"no layer named {layer!r}; this stack has {', '.join(result.stack.names)}")
+    if result.plan is not None:
+        check_steps(result.options, backend, plate=result.render_info.get("composition") == "plate")
     if result.plan is None:
         return _repaint_decomposed(result, layer, backend, seed=seed, prompt=prompt, progress=progress)
     report = progress or (lambda fraction, text: None)

@@ -257,6 +257,12 @@ class Studio:
         return GenerateOptions.for_backend(self.backend, **given)
 
     @property
+    def max_steps(self) -> int:
+        """The most steps the Steps slider offers: GenerateOptions' 150, or fewer where the model's scheduler runs
+        fewer (LCM: 50)."""
+        return min(150, int(getattr(self.backend, "max_steps", 150)))
+
+    @property
     def count_tokens(self):
         """The backend's tokenizer-based counter when it has one (else the plan's estimate is used)."""
         return getattr(self.backend, "count_tokens", None)

@@ -391,3 +391,45 @@ def test_a_few_step_model_guides_half_its_steps_and_fills_the_background_from_it
     demo = app.build_demo(studio)
     sliders = {b.label: b.value for b in demo.blocks.values() if type(b).__name__ == "Slider"}
     assert (sliders["Steps"], sliders["Guidance"]) == (4, 8.0)  # the page offers the model's own defaults
+    (steps,) = [b for b in demo.blocks.values() if type(b).__name__ == "Slider" and b.label == "Steps"]
+    assert (steps.minimum, steps.maximum) == (1, 50)  # no further than LCM's scheduler runs
+
+
+@pytest.mark.parametrize("steps, change", [(1, {}), (2, {}), (3, {}), (4, dict(layer_denoise=0.1))])
+def test_few_steps_or_a_low_denoise_give_a_whole_stack_with_the_steps_each_pass_ran(backend, tiny_depth_anything_dir,
+                                                                                    tmp_path, steps, change):
+    """One to three steps, or a layer denoise of 0.1, used to end after the plate with "runs no step": every pass
+    now runs at least one step, from the noise level its denoise asks, and the manifest says how many it ran."""
+    result = generate(PROMPT, backend, seed=5, width=W, height=H,
+                      options=options(tiny_depth_anything_dir, steps=steps, formats=("psd",), **change))
+    files = write_outputs(result, tmp_path / "out")
+    assert {"psd", "manifest"} <= set(files) and (tmp_path / "out" / "plate.png").is_file()
+    info = load_result(tmp_path / "out").render_info
+    layer_denoise = change.get("layer_denoise", 0.55)
+    runs = {tuple(c["layers"]): (c["steps"], c["steps_run"]) for c in info["calls"]}
+    assert runs[("background",)] == (steps, steps)  # denoise 1: the schedule asked for, every step of it
+    expected = max(1, int(steps * layer_denoise))
+    assert runs[("midground", "foreground")][1] == expected
+    assert info["harmonize"]["steps_run"] == max(1, int(steps * 0.25)) >= 1
+    assert all(info["layers"][name]["steps_run"] >= 1 for name in ("background", "midground", "foreground"))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(steps=60), r"steps 60: this model's scheduler runs at most 50 steps"),
+    (dict(steps=4, layer_denoise=0.01), r"layer_denoise 0.01 needs a schedule of 100 steps to run one; this model's "
+                                         r"scheduler runs at most 50: raise it to at least 0.02"),
+    (dict(steps=4, harmonize=0.015), r"harmonize 0.015 needs a schedule of 67 steps"),
+])
+def test_settings_a_few_step_scheduler_cannot_run_are_refused_before_any_work(tiny_lcm_dir, tiny_depth_anything_dir,
+                                                                             change, match):
+    lcm = DiffusersBackend(model=str(tiny_lcm_dir))
+    calls = []
+    handle = lcm.pipe.unet.register_forward_hook(lambda *a: calls.append(1))
+    reports = []
+    try:
+        with pytest.raises(ValueError, match=match):
+            generate(PROMPT, lcm, seed=5, width=W, height=H, options=options(tiny_depth_anything_dir, **change),
+                     progress=lambda f, text: reports.append(text))
+    finally:
+        handle.remove()
+    assert calls == [] and reports == []  # no step, not even the depth maps

@@ -205,7 +205,6 @@ def test_out_of_memory_in_the_batch_falls_back_to_one_picture_at_a_time(sd15):
     (dict(mask=np.full((H, W), 1.5, np.float32)), r"mask"),
     (dict(mask=np.ones((H, H), np.float32)), r"mask"),
     (dict(denoise=0.0), r"denoise must be in \(0, 1\], got 0.0"),
-    (dict(denoise=0.1), r"denoise 0.1 of 4 steps runs no step"),
     (dict(strength=3.0), r"strength must be in \[0, 2\], got 3.0"),
     (dict(seed=-1), r"seed must be an integer"),
 ])
@@ -240,3 +239,57 @@ def test_a_few_step_model_repaints_with_its_guidance_embedding_and_no_classifier
                                                      embedding_dim=lcm.pipe.unet.config.time_cond_proj_dim)
     assert all(cond is not None and torch.allclose(cond.float(), expected) for _, cond in seen)
     assert lcm.pipe.unet._forward_pre_hooks == {}  # the embedding hook lives for the call only
+
+
+class UNetTimesteps:
+    """The timesteps the UNet is called at (a forward pre-hook on the real module)."""
+
+    def __init__(self, pipe):
+        self.seen = []
+        self.handle = pipe.unet.register_forward_pre_hook(self._record, with_kwargs=True)
+
+    def _record(self, module, args, kwargs):
+        t = args[1] if len(args) > 1 else kwargs["timestep"]
+        self.seen.append(round(float(torch.as_tensor(t).reshape(-1)[0]), 3))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+@pytest.mark.parametrize("steps, denoise, schedule", [(1, 0.25, 4), (2, 0.25, 4), (1, 0.55, 2), (4, 0.1, 10)])
+def test_a_repaint_runs_at_least_one_step_from_the_noise_level_its_denoise_asks(sd15, steps, denoise, schedule):
+    """Where int(steps * denoise) rounds to no step, the schedule is lengthened to the fewest steps that run one:
+    the same single step, at the same timestep, as a diffusers user asking for `schedule` steps at that strength."""
+    asked = dataclasses.replace(SETTINGS, steps=steps)
+    with UNetTimesteps(sd15.pipe) as few:
+        out = sd15.repaint([req(denoise=denoise)], asked)
+    with UNetTimesteps(sd15.pipe) as full:
+        reference = sd15.repaint([req(denoise=denoise)], dataclasses.replace(SETTINGS, steps=schedule))
+    assert len(few.seen) == 1 and few.seen == full.seen  # one step, at the noise level `denoise` asks
+    assert max_diff(out.images[0], reference.images[0]) == 0
+    assert max_diff(out.images[0], start_image()) > 0  # it repainted
+    call = out.info["calls"][0]
+    assert (call["steps"], call["steps_run"]) == (schedule, 1) and out.info["steps"] == steps
+    assert out.info["layers"]["background"]["steps_run"] == 1
+
+
+def test_a_repaint_that_runs_steps_keeps_its_schedule(sd15):
+    with UNetTimesteps(sd15.pipe) as seen:
+        out = sd15.repaint([req(denoise=0.5)], SETTINGS)
+    assert len(seen.seen) == 2 and (out.info["calls"][0]["steps"], out.info["calls"][0]["steps_run"]) == (STEPS, 2)
+
+
+def test_a_few_step_scheduler_refuses_a_schedule_longer_than_its_own_before_any_step(tiny_lcm_dir):
+    lcm = DiffusersBackend(model=str(tiny_lcm_dir))
+    assert lcm.max_steps == 50  # LCM picks its steps from the 50 it was distilled on
+    with UNetTimesteps(lcm.pipe) as seen:
+        with pytest.raises(ValueError, match=r"denoise 0.01 runs a step only on a schedule of 100 steps; this "
+                                             r"model's scheduler takes at most 50: raise denoise to at least 0.02"):
+            lcm.repaint([req(denoise=0.01)], SETTINGS)
+        with pytest.raises(ValueError, match=r"steps must be an integer in 1..50 for this model's scheduler, got 60"):
+            lcm.repaint([req(denoise=0.5)], dataclasses.replace(SETTINGS, steps=60))
+        out = lcm.repaint([req(denoise=0.02)], dataclasses.replace(SETTINGS, steps=1))
+    assert len(seen.seen) == 1 and out.info["calls"][0]["steps"] == 50

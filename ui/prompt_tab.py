@@ -211,7 +211,7 @@ def build_prompt_tab(studio: Studio, concurrency: int, seeds: list[Seed]) -> Non
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**31 - 1, min_width=90)
                 draft_note = " (the draft backend ignores it)" if studio.is_draft else ""
                 with gr.Row():
-                    steps = gr.Slider(1, 150, value=defaults.steps, step=1, label="Steps",
+                    steps = gr.Slider(1, studio.max_steps, value=defaults.steps, step=1, label="Steps",
                                       info="denoising steps per layer" + draft_note)
                     guidance = gr.Slider(0, 30, value=defaults.guidance, step=0.5, label="Guidance",
                                          info="how literally the prompt is followed" + draft_note)

@@ -121,12 +121,27 @@ class Backend(Protocol):
 
 
 class Repainter(Protocol):
-    """A backend that can also repaint existing pixels (inpaint / img2img); the draft backend cannot."""
+    """A backend that can also repaint existing pixels (inpaint / img2img); the draft backend cannot.
+
+    A repaint of `denoise` runs int(steps * denoise) of `steps` denoising steps, and at least one: see
+    `scheduler_steps`. `max_steps`, where a backend has it, is the longest schedule it runs."""
 
     def repaint(self, requests: Sequence[RepaintRequest], settings: RenderSettings,
                 progress: Optional[ProgressCallback] = None) -> RenderResult:
         """One RGB image per request, in request order; outside each mask the result keeps the input pixels."""
         ...
+
+
+def scheduler_steps(steps: int, denoise: float) -> int:
+    """The scheduler's step count for an img2img / inpaint call of `steps` at `denoise`.
+
+    diffusers runs int(steps * denoise) steps of a `steps`-long schedule (its get_timesteps); where that rounds to
+    none (2 steps at 0.25, 1 step at 0.55), the schedule is lengthened to the fewest steps that run one, as a
+    diffusers user raises num_inference_steps: the strength, the noise level the pass starts from, is kept."""
+    n = max(int(steps), int(1.0 / denoise))
+    while int(n * denoise) < 1:
+        n += 1
+    return n
 
 
 class ModelUnavailableError(ValueError):

@@ -23,6 +23,8 @@ logger = logging.getLogger(__package__)  # the whole backend logs under the pack
 
 FALLBACK_SCALES = (0.75, 0.5)
 """Side scales tried, one layer at a time, when even one full-size layer does not fit in memory."""
+MAX_STEPS = 500
+"""The most denoising steps a render or repaint runs."""
 TILING_PIXELS = 1536 * 1536
 """Above this many pixels per image the VAE decodes in tiles on an accelerator (tiling="auto")."""
 
@@ -57,10 +59,9 @@ class RenderMixin:
         """Whether the pipeline runs classifier-free guidance (and so reads negative prompts) at `guidance`."""
         return guidance > 1.0 and not self.few_step
 
-    @staticmethod
-    def _check_inputs(requests, settings: RenderSettings):
-        RenderMixin._check_requests(requests, RenderRequest, "layer ")
-        RenderMixin._check_settings(settings)
+    def _check_inputs(self, requests, settings: RenderSettings):
+        self._check_requests(requests, RenderRequest, "layer ")
+        self._check_settings(settings)
 
     @staticmethod
     def _check_requests(requests, kind: type, label: str) -> None:
@@ -83,13 +84,20 @@ class RenderMixin:
         if len(set(names)) != len(names):
             raise ValueError(f"{label or 'request '}names must be unique, got {names}")
 
-    @staticmethod
-    def _check_settings(settings: RenderSettings):
+    @property
+    def max_steps(self) -> int:
+        """The most denoising steps this model's scheduler runs: a few-step scheduler (LCM, TCD) picks its steps from
+        the schedule it was distilled on (`original_inference_steps`, 50 for LCM); others up to 500."""
+        original = self.pipe.scheduler.config.get("original_inference_steps")
+        return int(min(MAX_STEPS, original)) if original else MAX_STEPS
+
+    def _check_settings(self, settings: RenderSettings):
         w, h = settings.width, settings.height
         if not (isinstance(w, int) and isinstance(h, int) and w >= 64 and h >= 64 and w % 8 == 0 and h % 8 == 0):
             raise ValueError(f"width and height must be multiples of 8, at least 64, got {w}x{h}")
-        if not isinstance(settings.steps, int) or not 1 <= settings.steps <= 500:
-            raise ValueError(f"steps must be an integer in 1..500, got {settings.steps!r}")
+        if not isinstance(settings.steps, int) or not 1 <= settings.steps <= self.max_steps:
+            raise ValueError(f"steps must be an integer in 1..{self.max_steps} for this model's scheduler, "
+                             f"got {settings.steps!r}")
         if not 0.0 <= float(settings.guidance) <= 50.0:
             raise ValueError(f"guidance must be in [0, 50], got {settings.guidance!r}")
         if not 0.0 < float(settings.control_end) <= 1.0:

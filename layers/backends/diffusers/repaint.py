@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import functools
 import time
+from dataclasses import replace
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
 
 from ...images import check_unit_map
-from ..base import ProgressCallback, RenderResult, RenderSettings, RepaintRequest
+from ..base import ProgressCallback, RenderResult, RenderSettings, RepaintRequest, scheduler_steps
 from .hooks import _guided
 
 
@@ -35,14 +36,17 @@ class RepaintMixin:
         Args:
             requests: the pictures, each with its start image (settings size), optional mask (1 = repaint),
                 depth control, seed, denoise and ControlNet strength.
-            settings: size, steps and guidance. A request runs int(steps * denoise) denoising steps.
+            settings: size, steps and guidance. A request runs int(steps * denoise) denoising steps, and at least
+                one: where that rounds to none, its scheduler takes the fewest steps that give one at the same
+                denoise (`scheduler_steps`), so a one-step model still repaints, from the noise level `denoise` asks.
             progress: called as progress(label, step, total) after every denoising step; label is the request
                 name, or the names joined with "+" for a batched call.
 
         Returns:
             RenderResult with one RGB image per request (request order). Where a mask is 0 the pixels are the
             input's exactly; where it is soft the output is blended by it. info has model_info, "calls" (each
-            pipeline call: layers, pipeline, denoise, batching), "fallbacks", "layers" and timings.
+            pipeline call: layers, pipeline, denoise, the scheduler's steps, the steps run, batching), "fallbacks",
+            "layers" (each with its steps_run) and timings.
 
         Raises:
             ValueError: bad requests or settings.
@@ -65,9 +69,11 @@ class RepaintMixin:
                 check_unit_map(r.mask, f"{r.name!r}: mask", shape=(settings.height, settings.width))
             if not 0.0 < float(r.denoise) <= 1.0:
                 raise ValueError(f"{r.name!r}: denoise must be in (0, 1], got {r.denoise!r}")
-            if int(settings.steps * float(r.denoise)) < 1:
-                raise ValueError(f"{r.name!r}: denoise {r.denoise} of {settings.steps} steps runs no step; "
-                                 f"raise denoise to at least {1 / settings.steps:.3g} or use more steps")
+            needed = scheduler_steps(settings.steps, float(r.denoise))
+            if needed > self.max_steps:
+                raise ValueError(f"{r.name!r}: denoise {r.denoise} runs a step only on a schedule of {needed} steps; "
+                                 f"this model's scheduler takes at most {self.max_steps}: raise denoise to at least "
+                                 f"{1 / self.max_steps:.3g}")
 
     def _repaint(self, requests: list[RepaintRequest], settings: RenderSettings,
                  progress: Optional[ProgressCallback]) -> RenderResult:
@@ -88,16 +94,17 @@ class RepaintMixin:
         for (kind, denoise), members in groups.items():
             group = [requests[i] for i in members]
             pipe = self.repaint_pipeline(kind)
-            runs = min(int(settings.steps * denoise), settings.steps)  # diffusers' get_timesteps
+            steps = scheduler_steps(settings.steps, denoise)
+            runs = min(int(steps * denoise), steps)  # diffusers' get_timesteps
             out, batching = self._batched_or_one_by_one(
-                group, [encoded[i] for i in members], _guided(settings, runs), cfg, progress, layers_info, fallbacks,
-                pipe=pipe, inputs=functools.partial(_repaint_inputs, kind=kind, denoise=denoise))
+                group, [encoded[i] for i in members], _guided(replace(settings, steps=steps), runs), cfg, progress,
+                layers_info, fallbacks, pipe=pipe, inputs=functools.partial(_repaint_inputs, kind=kind, denoise=denoise))
             for i, image in zip(members, out):
                 images[i] = _keep_unmasked(image, requests[i])
             calls.append({"layers": [r.name for r in group], "pipeline": type(pipe).__name__, "denoise": denoise,
-                          "batching": batching})
+                          "steps": steps, "steps_run": runs, "batching": batching})
             for r in group:
-                layers_info[r.name].update(denoise=denoise, masked=r.mask is not None,
+                layers_info[r.name].update(denoise=denoise, steps_run=runs, masked=r.mask is not None,
                                            repainted_fraction=1.0 if r.mask is None else round(float(
                                                np.asarray(r.mask, dtype=np.float32).mean()), 6))
         multi = [c for c in calls if len(c["layers"]) > 1]
