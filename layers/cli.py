@@ -200,24 +200,8 @@ def _say_downloads(line: str) -> None:
         print(f"layercake: {line}", file=sys.stderr, flush=True)
 
 
-def read_prompt_file(path: Path) -> str:
-    """Read a prompt file as strict UTF-8; ValueError naming the file otherwise."""
-    from .plan import MAX_PROMPT_CHARS
-
-    if not path.is_file():
-        raise ValueError(f"prompt file not found: {path}")
-    data = path.read_bytes()
-    if len(data) > 4 * MAX_PROMPT_CHARS:
-        raise ValueError(f"prompt file {path} is {len(data)} bytes; a prompt is at most {MAX_PROMPT_CHARS} characters")
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"prompt file {path} is not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset "
-                         f"{exc.start})") from None
-
-
 def _prompt(args) -> str:
-    from .plan import check_prompt
+    from .plan import check_prompt, read_prompt_file
 
     text = read_prompt_file(args.prompt_file) if args.prompt_file is not None else args.prompt
     return check_prompt(text)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
-from .plan import LAYER_NAMES
+from .plan import LAYER_NAMES, read_prompt_file
 
 STATUSES = ("done", "skipped", "failed", "invalid")
 """done: rendered and written now; skipped: its folder was already complete; failed: the job raised (its
@@ -158,8 +158,6 @@ def read_jobs(source) -> JobList:
 
 
 def _read_prompt_folder(folder: Path) -> list:
-    from .cli import read_prompt_file
-
     entries = []
     for p in sorted(folder.glob("*.txt")):
         try:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from layers import plan_words
+from layers.plan import words as plan_words
 from layers.plan import SUBJECT_FRAMING, plan_scene
 
 SEEDS = sorted((Path(__file__).resolve().parent.parent / "seeds").glob("*.txt"))
