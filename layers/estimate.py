@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 import numpy as np
 from PIL import Image
 
-from .backends.base import ModelUnavailableError
+from .models import ModelUnavailableError
 from .models import hub_cache, hub_offline, load_pretrained, parse_model_source, require_hub, unavailable_message
 
 DEFAULT_DEPTH_MODEL = "depth-anything/Depth-Anything-V2-Small-hf"

@@ -19,7 +19,12 @@ from pathlib import Path
 from typing import Callable, Optional
 from urllib.parse import urlsplit
 
-from .backends.base import ModelUnavailableError
+
+class ModelUnavailableError(ValueError):
+    """The model weights cannot be loaded (not cached and no hub access, or a bad folder).
+
+    The message is one line naming the model id and how to fetch it ahead of time."""
+
 
 logger = logging.getLogger(__name__)
 

@@ -97,12 +97,7 @@ def find_circle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-KNOWN_CIRCLE_EDGES: set[tuple[str, str]] = {
-    # models imports ModelUnavailableError from backends.base, which runs the backends face, whose `choose`
-    # imports backends.auto, which imports models. Harmless at run time (the face's import is lazy), but a
-    # circle: the error belongs below both. Remove this entry when it moves.
-    ("layers.models", "layers.backends"),
-}
+KNOWN_CIRCLE_EDGES: set[tuple[str, str]] = set()
 
 
 def reaches(graph: dict[str, set[str]], start: str, goal: str) -> bool:

@@ -6,6 +6,8 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 
+from ..models import ModelUnavailableError  # a backend's loading failure; where weights come from says it
+
 ProgressCallback = Callable[[str, float, int], None]
 """progress(layer_name_or_names, step, total_steps). layer is a layer name, or "background+midground+foreground"
 when the layers are rendered in one batch. Called exactly once per denoising step with the whole number of steps
@@ -142,9 +144,3 @@ def scheduler_steps(steps: int, denoise: float) -> int:
     while int(n * denoise) < 1:
         n += 1
     return n
-
-
-class ModelUnavailableError(ValueError):
-    """The model weights cannot be loaded (not cached and no hub access, or a bad folder).
-
-    The message is one line naming the model id and how to fetch it ahead of time."""
