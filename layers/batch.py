@@ -147,6 +147,7 @@ class JobRunner:
             self._log("found", job.name)
             return self._outcome(job, "skipped", t, "already complete")
         try:
+            self._store.check_target(job.name)  # a folder that is not ours fails its job before anything renders
             result = make_stack(job, self.backend, self.options, self.spec.depth_model)
             self._store.write_stack(result, job.name)
         except Exception as exc:  # noqa: BLE001 - one job's failure is recorded; the batch goes on

@@ -8,6 +8,7 @@ never takes a half-uploaded folder for a finished one. Text files (summary, atte
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -16,6 +17,21 @@ from pathlib import Path
 from typing import IO, Optional, Union
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+_STACK_FILE = re.compile(r"^(?:(?:layers|depth|priors)/[a-z0-9_-]+\.png|[a-z]+\.(?:png|psd|ora|zip|mp4|glb|html|json))$")
+"""Paths a stack upload writes (pipeline.OUTPUT_NAMES, plate.png, and each layer's PNGs)."""
+
+
+def _is_manifest(text: str) -> bool:
+    """Whether a manifest's text has the shape of ours (its required keys), without trusting anything in it."""
+    from .manifest import MANIFEST_SCHEMA
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and all(key in data for key, (_, required) in MANIFEST_SCHEMA.items() if required)
 
 
 def is_url(location) -> bool:
@@ -81,6 +97,13 @@ class LocalStore:
         """Names of the files in the sub-folder `rel` that end with `suffix`, sorted."""
         folder = self.root / rel
         return sorted(p.name for p in folder.glob(f"*{suffix}") if p.is_file()) if folder.is_dir() else []
+
+    def check_target(self, rel: str) -> None:
+        """ValueError unless the sub-folder `rel` may take a stack: new, empty or a Layercake output (see
+        pipeline.check_output_folder)."""
+        from .pipeline import check_output_folder
+
+        check_output_folder(self.root / rel)
 
     def write_stack(self, result, rel: str) -> None:
         from .pipeline import write_outputs
@@ -153,6 +176,25 @@ class FsspecStore:
         except FileNotFoundError:
             return []
         return sorted(name.rsplit("/", 1)[-1] for name in entries if name.endswith(suffix))
+
+    def check_target(self, rel: str) -> None:
+        """ValueError unless the sub-folder `rel` may take a stack: missing, empty, or holding only the files a
+        stack upload writes (an upload cut short has no manifest yet) and, when there, a manifest of ours."""
+        base = self._p(rel).rstrip("/")
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return
+        where = f"output {self.location}/{rel}"
+        prefix = self.fs._strip_protocol(base).rstrip("/") + "/"
+        for name in found:
+            inner = self.fs._strip_protocol(name)[len(prefix):]
+            if not _STACK_FILE.match(inner):
+                raise ValueError(f"{where} holds {inner}, which Layercake did not write; choose a new or empty folder")
+        text = self.read_text(f"{rel}/manifest.json")
+        if text is not None and not _is_manifest(text):
+            raise ValueError(f"{where} is not a Layercake output: its manifest.json is not ours; choose a new or "
+                             f"empty folder")
 
     def write_stack(self, result, rel: str) -> None:
         from .pipeline import write_outputs
