@@ -605,7 +605,8 @@ def check_output_folder(out) -> Path:
     """The folder a run may replace whole, links followed; ValueError unless it is new, empty or a Layercake output.
 
     A Layercake output is a folder whose manifest passes the schema (layers.manifest.read_manifest: every file it
-    names is there, inside the folder) and whose own sub-folders hold only the files Layercake writes there. A
+    names inside the folder; one may be missing, a folder to redo) and whose own sub-folders hold only the files
+    Layercake writes there. A
     replacement deletes those, so anything else in them (a web app's manifest.json with its own layers/ folder, a
     file the user put into layers/) refuses the folder; the user's files beside them are carried over.
 
@@ -622,7 +623,7 @@ def check_output_folder(out) -> Path:
         raise ValueError(f"output folder {out} already holds other files and is not a Layercake output; "
                          f"choose a new or empty folder")
     try:
-        names = [entry.name for entry in read_manifest(target).layers]
+        names = [entry.name for entry in read_manifest(target, need_files=False).layers]
     except ValueError as exc:
         raise ValueError(f"output folder {out} is not a Layercake output: {exc}; choose a new or empty folder") \
             from None

@@ -93,7 +93,7 @@ def _broken_manifest(folder: Path, stack: Path) -> None:
 
 NOT_OURS = {
     "a web app's manifest": (_web_app, "is not a Layercake output: manifest has no 'options'"),
-    "our manifest, none of its files": (_manifest_only, "is missing or not a file"),
+    "our manifest, none of its files": (_manifest_only, "holds layers/holiday.jpg, which Layercake did not write"),
     "a user's file inside layers/": (_user_file_in_layers, "layers/retouched.psd"),
     "a manifest that is not ours": (_broken_manifest, "'layers' must be a list"),
 }
@@ -248,6 +248,14 @@ def test_a_mount_point_is_refused_before_any_work(tmp_path, capsys, no_render):
 
 def test_a_folder_that_is_ours_is_recognised_by_its_manifest_and_files(stack, tmp_path):
     from layers.pipeline import check_output_folder
+
+    damaged = tmp_path / "damaged"  # ours, a file short: a run redoes it
+    shutil.copytree(stack, damaged)
+    (damaged / "layers" / "midground.png").unlink()
+    assert check_output_folder(damaged) == damaged.resolve()
+    (damaged / "layers" / "midground.png").mkdir()  # in its place, something that is not a file of ours
+    with pytest.raises(ValueError, match="is missing or not a file"):
+        check_output_folder(damaged)
 
     assert check_output_folder(stack) == stack.resolve()
     assert check_output_folder(tmp_path / "new") == (tmp_path / "new").resolve()
