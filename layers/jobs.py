@@ -124,7 +124,10 @@ def read_jobs(source) -> JobList:
     path = Path(source)
     if path.is_dir():
         entries = _read_prompt_folder(path)
-    elif path.is_file():
+    elif path.exists():
+        from .images import check_file
+
+        check_file(path, "job file")  # a named pipe is said to be one, never read
         suffix = path.suffix.lower()
         if suffix not in (".jsonl", ".csv"):
             raise ValueError(f"job file {path} must be a folder of .txt prompts, a .jsonl or a .csv file")
@@ -295,10 +298,12 @@ def _int(value, what: str) -> int:
 def _existing_file(value, base: Path, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a file path, not {value!r}")
+    from .images import check_file
+
     path = (base / value).resolve()
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{what} not found: {value}")
-    return str(path)
+    return str(check_file(path, what))
 
 
 def _unique(name: str, taken: set) -> str:
