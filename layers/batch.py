@@ -13,12 +13,14 @@ Executors:
 
 Every attempt is written to `<out>/.attempts/<worker>.jsonl` (one file per worker, so no two processes ever
 append to the same file): which worker loaded its backend, started, finished or failed which job. The summary
-is `<out>/batch.csv` and `<out>/batch.json`, rewritten after every job.
+is `<out>/batch.csv` and `<out>/batch.json`, written in batches while the jobs run (at most every few seconds)
+and whole at the end.
 """
 from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
 import json
 import os
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .executors import EXECUTORS, run_local, run_ray
-from .jobs import STATUSES, Job, JobList, JobOutcome, job_name, one_line
+from .jobs import STATUSES, Job, JobList, JobOutcome, job_name, one_line, planned, text_digest
 
 SUMMARY_FIELDS = ("job", "line", "status", "seconds", "folder", "reason")
 ATTEMPTS_DIR = ".attempts"
@@ -41,7 +43,8 @@ def incomplete_reason(folder, job: Optional[Job] = None) -> Optional[str]:
 
     Complete: manifest.json parses, every file it names (the outputs and each layer's PNG, depth and prior) is
     there and not empty, the layer PNGs have the manifest's size, and for a text job the manifest's prompt, seed,
-    size and layer seeds are the job's.
+    size and layer seeds are the job's (for a picture job, the picture's and depth map's bytes). Every file the
+    manifest names must lie inside the folder: nothing outside it is looked at.
 
     Args:
         folder: the stack folder (a path, or an fsspec URL).
@@ -54,14 +57,20 @@ def incomplete_reason(folder, job: Optional[Job] = None) -> Optional[str]:
 
     from .store import open_store
 
+    from .manifest import MAX_MANIFEST_BYTES
+
     store = open_store(folder)
+    if not store.holds("manifest.json"):
+        return "'manifest.json' points outside its folder"
+    if store.size("manifest.json") > MAX_MANIFEST_BYTES:
+        return f"manifest.json is over {MAX_MANIFEST_BYTES} bytes"
     try:
         text = store.read_text("manifest.json")
         if text is None:
             return "no manifest.json"
         manifest = json.loads(text)
         files = list(manifest["files"].items())
-        layers = manifest["layers"]
+        layers = [dict(entry) for entry in manifest["layers"]]
         size = (int(manifest["width"]), int(manifest["height"]))
         video = bool(manifest.get("options", {}).get("video", True))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -71,6 +80,10 @@ def incomplete_reason(folder, job: Optional[Job] = None) -> Optional[str]:
               and (formats is None or key in ("composite", "manifest") or key in formats)]
     for entry in layers:
         needed += [entry.get(k) for k in ("file", "depth_file", "prior_file") if entry.get(k)]
+    # Every name is checked before any is looked at: a manifest may come from anyone.
+    for rel in needed:
+        if not store.holds(rel):
+            return f"{str(rel)[:200]!r} points outside its folder"
     for rel in needed:
         if store.size(rel) <= 0:
             return f"{rel} is missing"
@@ -83,19 +96,34 @@ def incomplete_reason(folder, job: Optional[Job] = None) -> Optional[str]:
             return f"{entry.get('file')} is not an image"
     if job is not None and job.kind == "text":
         return _text_mismatch(manifest, job)
-    if job is not None and manifest.get("render", {}).get("picture") != job.image:
-        return "the folder holds another job (its picture differs)"
+    if job is not None:
+        render = manifest.get("render") or {}
+        for key, path, what in (("picture", job.image, "picture"), ("depth_map", job.depth, "depth map")):
+            try:
+                if render.get(key) != file_identity(path):
+                    return f"the folder holds another job (its {what} differs)"
+            except OSError as exc:
+                return f"its {what} cannot be read ({exc.strerror or exc})"
     return None
 
 
-def _text_mismatch(manifest: dict, job: Job) -> Optional[str]:
-    from .plan import plan_scene
+def file_identity(path) -> Optional[dict]:
+    """What a picture job's manifest records of an input file: its name and its bytes' sha256, never where it lives
+    (a stack folder is shared; a local path would say whose disk it came from). None for no file."""
+    if path is None:
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return {"file": os.path.basename(path), "sha256": digest.hexdigest()}
 
-    plan = plan_scene(job.prompt, job.seed, width=job.width, height=job.height, overrides=dict(job.overrides))
-    expected = {"prompt": plan.prompt, "seed": plan.seed, "width": plan.width, "height": plan.height,
-                "layer seeds": [lp.seed for lp in plan.layers]}
-    found = {"prompt": manifest.get("prompt"), "seed": manifest.get("seed"), "width": manifest.get("width"),
-             "height": manifest.get("height"),
+
+def _text_mismatch(manifest: dict, job: Job) -> Optional[str]:
+    prompt, seed, width, height, layer_seeds = planned(job.prompt, job.seed, job.width, job.height, job.overrides)
+    expected = {"prompt": prompt, "seed": seed, "width": width, "height": height, "layer seeds": list(layer_seeds)}
+    found = {"prompt": text_digest(manifest.get("prompt")), "seed": manifest.get("seed"),
+             "width": manifest.get("width"), "height": manifest.get("height"),
              "layer seeds": [entry.get("seed") for entry in manifest.get("layers", [])]}
     for key, value in expected.items():
         if found[key] != value:
@@ -147,6 +175,7 @@ class JobRunner:
             self._log("found", job.name)
             return self._outcome(job, "skipped", t, "already complete")
         try:
+            self._store.check_target(job.name)  # a folder that is not ours fails its job before anything renders
             result = make_stack(job, self.backend, self.options, self.spec.depth_model)
             self._store.write_stack(result, job.name)
         except Exception as exc:  # noqa: BLE001 - one job's failure is recorded; the batch goes on
@@ -204,7 +233,8 @@ def _picture_stack(job: Job, backend, options, depth_model: Optional[str] = None
     result = decompose_picture(picture, depth, backend, layers=job.layers or 3, seed=job.seed, options=options,
                                depth_source=source)
     # Which picture a folder holds: a rerun compares it before skipping the job.
-    result.render_info = {**result.render_info, "picture": job.image, "depth_map": job.depth}
+    result.render_info = {**result.render_info, "picture": file_identity(job.image),
+                          "depth_map": file_identity(job.depth)}
     return result
 
 
@@ -278,14 +308,33 @@ class BatchSummary:
 
 
 def check_out_dir(out) -> str:
-    """The output folder (a path or an fsspec URL), created; ValueError when it cannot be written.
+    """The output folder (a path or an fsspec URL), created; ValueError when it cannot be written, or when it holds
+    a batch.json / batch.csv that is not a Layercake batch summary (a batch replaces those whole).
 
     Returns:
         Its absolute location, as the workers get it.
     """
     from .store import open_store
 
-    return open_store(out).ensure_writable()
+    store = open_store(out)
+    location = store.ensure_writable()
+    for name, ours in (("batch.json", _is_summary_json), ("batch.csv", _is_summary_csv)):
+        if store.size(name) >= 0 and not ours(store.read_text(name) or ""):
+            raise ValueError(f"output folder {out} holds a {name} that is not a Layercake batch summary; choose "
+                             f"another folder")
+    return location
+
+
+def _is_summary_json(text: str) -> bool:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and isinstance(data.get("jobs"), list) and isinstance(data.get("counts"), dict)
+
+
+def _is_summary_csv(text: str) -> bool:
+    return text.split("\n", 1)[0] == ",".join(SUMMARY_FIELDS)
 
 
 def run_batch(job_list: JobList, out, settings: BatchSettings = BatchSettings(),
@@ -309,7 +358,6 @@ def run_batch(job_list: JobList, out, settings: BatchSettings = BatchSettings(),
     root = open_store(check_out_dir(out))
     t0 = time.perf_counter()
     total = len(job_list.jobs) + len(job_list.invalid)
-    outcomes: dict[str, JobOutcome] = {}
     pending, known = [], list(job_list.invalid)
     for job in job_list.jobs:
         if incomplete_reason(root.child(job.name).location, job) is None:
@@ -317,17 +365,17 @@ def run_batch(job_list: JobList, out, settings: BatchSettings = BatchSettings(),
                                     reason="already complete"))
         else:
             pending.append(job)
-    keyed = job_list.order
+    summary = _SummaryWriter(root, job_list.order, t0, settings)
 
     def report(o: JobOutcome) -> None:
-        outcomes[o.job] = o
-        write_summary(root, BatchSummary([outcomes[k] for k in keyed if k in outcomes],
-                                         time.perf_counter() - t0, settings.executor, settings.workers))
+        summary.add(o)
         if progress is not None:
-            progress(o, len(outcomes), total)
+            progress(o, len(summary.outcomes), total)
 
     for o in known:
         report(o)
+    if known:
+        summary.write()  # what a rerun found, on disk before the first job starts
     spec = WorkerSpec(out=root.location, backend=settings.backend, backend_options=settings.backend_options,
                       options=settings.options, depth_model=settings.depth_model)
     if pending:
@@ -338,10 +386,35 @@ def run_batch(job_list: JobList, out, settings: BatchSettings = BatchSettings(),
             results = run_local(pending, functools.partial(JobRunner, spec), min(settings.workers or 1, len(pending)))
         for o in results:
             report(o)
-    summary = BatchSummary([outcomes[k] for k in keyed], time.perf_counter() - t0, settings.executor,
-                           settings.workers)
-    write_summary(root, summary)
-    return summary
+    return summary.write()
+
+
+SUMMARY_EVERY_S = 2.0
+"""Shortest time between two writes of the summary while a batch runs (it is written whole at the end)."""
+
+
+class _SummaryWriter:
+    """The summary of a running batch, written in batches: at most every SUMMARY_EVERY_S seconds and never more
+    than a tenth of the time, so a batch of N jobs spends time linear in N on it (not a rewrite per job)."""
+
+    def __init__(self, root, order: list[str], t0: float, settings: BatchSettings):
+        self.root, self.order, self.t0, self.settings = root, order, t0, settings
+        self.outcomes: dict[str, JobOutcome] = {}
+        self._next = time.perf_counter()
+
+    def add(self, outcome: JobOutcome) -> None:
+        self.outcomes[outcome.job] = outcome
+        if time.perf_counter() >= self._next:
+            self.write()
+
+    def write(self) -> BatchSummary:
+        started = time.perf_counter()
+        summary = BatchSummary([self.outcomes[k] for k in self.order if k in self.outcomes], started - self.t0,
+                               self.settings.executor, self.settings.workers)
+        write_summary(self.root, summary)
+        now = time.perf_counter()
+        self._next = now + max(SUMMARY_EVERY_S, 10.0 * (now - started))
+        return summary
 
 
 def write_summary(root, summary: BatchSummary) -> None:
@@ -355,5 +428,5 @@ def write_summary(root, summary: BatchSummary) -> None:
     root.replace_text("batch.csv", buf.getvalue())
 
 
-__all__ = ["BatchSettings", "BatchSummary", "JobRunner", "WorkerSpec", "incomplete_reason", "make_stack", "read_attempts",
-           "run_batch", "write_summary"]
+__all__ = ["BatchSettings", "BatchSummary", "JobRunner", "WorkerSpec", "check_out_dir", "file_identity",
+           "incomplete_reason", "make_stack", "read_attempts", "run_batch", "write_summary"]

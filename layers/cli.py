@@ -235,13 +235,10 @@ def _cmd_plan(args) -> int:
 
 
 def _check_out_dir(out: Path) -> None:
-    """Refuse an output folder that cannot be written, before any work is done."""
+    """Refuse an output folder that cannot be written or replaced, before any work is done."""
     from .pipeline import check_output_folder
 
     check_output_folder(out)
-    probe = out if out.exists() else next((p for p in out.resolve().parents if p.exists()), None)
-    if probe is None or not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"output folder {out} cannot be written")
 
 
 def _options(args, backend):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -36,7 +37,7 @@ from PIL import Image
 
 from .backends.base import ModelUnavailableError, RenderSettings, RepaintRequest, span_progress
 from .fill import push_pull
-from .images import ImageSource, check_unit_map, open_image
+from .images import ImageSource, check_unit_map, open_image, read_npy
 from .matte import MatteSettings, matte_layer
 from .stack import LayerStack, StackLayer, with_alpha
 
@@ -135,27 +136,21 @@ def check_picture(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_depth(source) -> np.ndarray:
-    """Read a depth map: an image (8/16-bit; white = near) or a ``.npy`` array (large = near), as float32.
+def load_depth(source, *, max_pixels: Optional[int] = None) -> np.ndarray:
+    """Read a depth map: an image (8/16-bit; white = near) or a ``.npy`` array (large = near), as float32 (a
+    float64 array stays float64: its range does not fit float32).
 
-    The values are not rescaled here (``prepare_depth`` does that), so a disparity map keeps its units.
+    The values are not rescaled here (``prepare_depth`` does that), so a disparity map keeps its units. A
+    ``.npy`` file's header is checked (shape, type, pixel limit) before its data is read.
+
+    Args:
+        source: the file.
+        max_pixels: the largest width x height accepted; None = images.pixel_limit().
     """
-    from pathlib import Path
-
     if isinstance(source, (str, Path)) and str(source).lower().endswith(".npy"):
-        path = Path(source)
-        if not path.is_file():
-            raise ValueError(f"depth map not found: {path}")
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise ValueError(f"depth map {path.name} is not a readable .npy array: {exc}") from None
-        if arr.ndim == 3 and arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            raise ValueError(f"depth map {path.name} must be a 2-D numeric array, got {arr.dtype} {arr.shape}")
-        return arr.astype(np.float32)
-    img = open_image(source, what="depth map")
+        arr = read_npy(source, max_pixels=max_pixels, what="depth map")
+        return arr if arr.dtype == np.float64 else arr.astype(np.float32)
+    img = open_image(source, max_pixels=max_pixels, what="depth map")
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
         return np.asarray(img, dtype=np.float32)
     return np.asarray(img.convert("L"), dtype=np.float32)
@@ -199,6 +194,9 @@ def prepare_depth(depth, size: tuple[int, int], *, unknown_zero: bool = False) -
         idx = ndimage.distance_transform_edt(~known, return_distances=False, return_indices=True)
         d = d[tuple(idx)]
     lo, hi = float(d.min()), float(d.max())
+    if not np.isfinite(hi - lo):  # e.g. -1e308..1e308: the span itself overflows, so work in units of the largest
+        scale = max(abs(lo), abs(hi))
+        d, lo, hi = d / scale, lo / scale, hi / scale
     if hi - lo <= 1e-9 * max(1.0, abs(hi)):
         raise ValueError(f"depth map is constant ({lo:g} everywhere): nothing to separate into layers")
     d = ((d - lo) / (hi - lo)).astype(np.float32)

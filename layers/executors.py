@@ -3,11 +3,20 @@
 An executor knows nothing of stacks: it takes jobs and a runner factory (a picklable callable returning an object
 with `run(job) -> JobOutcome`; each worker makes one runner and keeps it, so a backend loads once per worker) and
 yields outcomes as jobs finish. A worker that dies fails its job with a reason instead of stopping the batch.
+
+Workers never outlive their batch: a local worker process ends with the process that started it, however that
+one ends (SIGKILL included: the parent-death signal on Linux, a watch on the parent elsewhere), so a batch killed
+and resumed at once never has two processes rendering the same job. Ray actors are owned by the batch's driver and
+Ray ends them with it.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
+import sys
+import threading
 import time
 from collections import deque
 from typing import Callable, Iterator, Optional
@@ -36,7 +45,7 @@ def run_local(jobs: list[Job], make_runner: RunnerFactory, workers: int) -> Iter
     # their thread limits from the environment they are started with (numpy loads its BLAS on import).
     with _environment(thread_limits(max(1, (os.cpu_count() or 1) // workers))):
         pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                      initializer=_init_pool_worker, initargs=(make_runner,))
+                                      initializer=_init_pool_worker, initargs=(make_runner, os.getpid()))
         futures = {pool.submit(_run_in_pool_worker, job): job for job in jobs}
     with pool:
         for future in cf.as_completed(futures):
@@ -51,9 +60,39 @@ def run_local(jobs: list[Job], make_runner: RunnerFactory, workers: int) -> Iter
 _POOL_RUNNER = None
 
 
-def _init_pool_worker(make_runner: RunnerFactory) -> None:
+def _init_pool_worker(make_runner: RunnerFactory, parent: int) -> None:
     global _POOL_RUNNER
+    die_with_parent(parent)
     _POOL_RUNNER = make_runner()
+
+
+_PR_SET_PDEATHSIG = 1
+_PARENT_POLL_S = 0.5
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process as soon as the process `parent` ends.
+
+    On Linux the kernel sends SIGKILL at the parent's death (prctl PR_SET_PDEATHSIG), even while this process is
+    inside a long computation; a thread polling the parent's id covers other systems and a parent that died before
+    the signal was set.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+            prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # no prctl in this C library: the watch below still ends the process
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
 
 
 def _run_in_pool_worker(job: Job) -> JobOutcome:
@@ -177,4 +216,4 @@ def _stream_to_actors(ray, actors: list, jobs: list[Job]) -> Iterator[JobOutcome
                                  reason="every Ray worker died")
 
 
-__all__ = ["EXECUTORS", "RunnerFactory", "THREAD_VARIABLES", "run_local", "run_ray", "thread_limits"]
+__all__ = ["EXECUTORS", "RunnerFactory", "THREAD_VARIABLES", "die_with_parent", "run_local", "run_ray", "thread_limits"]

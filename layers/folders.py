@@ -9,6 +9,10 @@ A new folder is built beside the old one (`staging_folder`) and swapped in by `r
 
 Staging names are `.NAME.PID-TOKEN.tmp` / `.old`: `clean_stale` removes them when the process that made them is
 gone (or, whoever made them, when they are older than STALE_AFTER_S), and nothing else.
+
+`resolve_target` says, before any work, which folder a replacement really swaps (symbolic links followed, so a link
+stays a link and the staging folder sits on the target's own file system) and refuses a folder that cannot be
+swapped: a dangling link, a mount point, the current folder or one holding it.
 """
 from __future__ import annotations
 
@@ -35,16 +39,56 @@ _step_hook: Optional[Callable[[str], None]] = None
 """Called with the name of each step of replace_folder as it completes (the kill-at-every-step test sets it)."""
 
 
+def resolve_target(out) -> Path:
+    """The folder that replacing `out` really swaps, symbolic links followed; ValueError when it cannot be swapped.
+
+    A link to a folder is followed and stays a link: the folder it points to is replaced, and its staging folder is
+    made beside that folder, on that folder's file system (a rename never crosses file systems).
+
+    Raises:
+        ValueError: one line naming the problem: a link (anywhere on the path) to nothing, something that is not a
+            folder, a mount point or the root, the current folder or one holding it, a parent that cannot be
+            written.
+    """
+    out = Path(out)
+    path = Path(os.path.abspath(out))
+    for step in (path, *path.parents):
+        if os.path.islink(step) and not os.path.exists(step):
+            where = "" if step == path else f": {step}"
+            raise ValueError(f"output folder {out}{where} is a link to {os.readlink(step)}, which does not exist")
+    target = Path(os.path.realpath(path))
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"output folder {out} is a file" if target.is_file() else
+                         f"output folder {out} is not a folder")
+    if target == target.parent or (target.exists() and os.path.ismount(target)):
+        raise ValueError(f"output folder {out} is a mount point: a folder is replaced whole by a rename, which a "
+                         f"mount point cannot take; choose a folder inside it")
+    try:
+        here = Path(os.path.realpath(os.getcwd()))
+    except OSError:  # the current folder was removed: nothing to protect
+        here = None
+    if here is not None and (target == here or target in here.parents):
+        what = "is the current folder" if target == here else "holds the current folder"
+        raise ValueError(f"output folder {out} {what}: it is replaced whole, which would leave this shell in a "
+                         f"removed folder; run from outside it or choose another folder")
+    parent = next((p for p in target.parents if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"output folder {out} cannot be written ({parent or target.parent} is not a writable "
+                         f"folder)")
+    return target
+
+
 def staging_folder(out: Path) -> Path:
-    """Create an empty hidden staging folder beside `out`, with the user's normal permissions (umask applies).
+    """Create an empty hidden staging folder beside `out` (links followed: beside the folder it points to), with
+    the user's normal permissions (umask applies).
 
     Raises:
         OSError: the parent cannot be created or written.
     """
-    out = Path(out)
-    parent = out.resolve().parent
+    target = Path(os.path.realpath(out))
+    parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    path = parent / f".{out.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
+    path = parent / f".{target.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"
     os.mkdir(path, 0o777)
     return path
 
@@ -52,10 +96,12 @@ def staging_folder(out: Path) -> Path:
 def replace_folder(staging: Path, out: Path) -> None:
     """Put the complete folder `staging` in the place of `out` (created, or replaced whole); `staging` is gone after.
 
+    A link to a folder is followed: the folder it points to is replaced and the link stays.
+
     Raises:
         OSError: a rename failed; `out` is then as it was before.
     """
-    staging, out = Path(staging), Path(out)
+    staging, out = Path(staging), Path(os.path.realpath(out))
     _step("staged")
     if not os.path.lexists(out):
         os.rename(staging, out)
@@ -202,4 +248,4 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-__all__ = ["STALE_AFTER_S", "carry_over", "clean_stale", "replace_folder", "staging_folder"]
+__all__ = ["STALE_AFTER_S", "carry_over", "clean_stale", "replace_folder", "resolve_target", "staging_folder"]

@@ -1,14 +1,21 @@
-"""Opening user-supplied images safely: a clear ValueError instead of a crash or a memory blow-up."""
+"""Opening user-supplied images safely: a clear ValueError instead of a crash or a memory blow-up.
+
+A picture is read as it displays: its EXIF orientation is applied (a phone stores a portrait photo as a landscape
+one plus "turn it"). That holds for every image read here, depth maps included: a depth map saved beside its photo
+with the photo's orientation is turned with it, and one without a tag is taken as stored. A `.npy` depth map has no
+orientation; its header (shape, type) is checked against the pixel limit before anything is allocated.
+"""
 from __future__ import annotations
 
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_IMAGE_PIXELS = 40_000_000
 """Default largest image (width x height) read: 40 MP covers an 8K photo, refuses decompression bombs."""
@@ -61,19 +68,19 @@ def open_image(source: ImageSource, *, max_pixels: Optional[int] = None, what: s
     if isinstance(source, Image.Image):
         return source
     limit = pixel_limit() if max_pixels is None else int(max_pixels)
-    path = Path(source)
-    if not path.exists():
-        raise ValueError(f"{what} not found: {path}")
-    if not path.is_file():
-        raise ValueError(f"{what} is not a file: {path}")
+    path = check_file(source, what)
     try:
         with warnings.catch_warnings():
             # Our limit decides; Pillow's own warning would only add lines to the one-line error.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:  # reads the header only
                 check_pixels(img.size, limit, what, path.name)
+                # A camera's MPO holds the photo first and previews after it: the photo is the picture.
+                if getattr(img, "is_animated", False) and img.format != "MPO":
+                    raise ValueError(f"{what} {path.name} is animated (several frames): save the frame you want as "
+                                     f"a still image")
                 img.load()
-                return img.copy()
+                return ImageOps.exif_transpose(img) if _turned(img) else img.copy()
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         if isinstance(exc, UnidentifiedImageError):
             raise ValueError(f"{what} {path.name} is not an image") from None
@@ -84,6 +91,82 @@ def open_image(source: ImageSource, *, max_pixels: Optional[int] = None, what: s
                          f"(set {PIXEL_LIMIT_VAR} to change it)") from None
     except (OSError, SyntaxError) as exc:
         raise ValueError(f"{what} {path.name} could not be read: {exc}") from None
+
+
+def _turned(img: Image.Image) -> bool:
+    """Whether the image's EXIF orientation asks for it to be turned or mirrored to display."""
+    try:
+        return img.getexif().get(_ORIENTATION, 1) not in (1, None)
+    except (OSError, ValueError, SyntaxError):  # an unreadable EXIF block: the pixels as stored
+        return False
+
+
+_ORIENTATION = 0x0112
+
+
+def check_file(source, what: str) -> Path:
+    """`source` as a Path once it is a regular file; ValueError saying what it is otherwise.
+
+    Checked without opening it: a named pipe would block its reader.
+    """
+    path = Path(source)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ValueError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise ValueError(f"{what} cannot be read: {path} ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "a device")
+        raise ValueError(f"{what} is not a file: {path} ({kind})")
+    return path
+
+
+def read_npy(source, *, max_pixels: Optional[int] = None, what: str = "depth map") -> np.ndarray:
+    """Read a 2-D numeric ``.npy`` array, its header checked before a byte of data is allocated.
+
+    Args:
+        source: the file.
+        max_pixels: the largest width x height accepted; None = pixel_limit() (the same limit as an image's).
+        what: what the array is, for messages.
+
+    Returns:
+        The array (H, W) in the file's own type (a (H, W, 1) array loses its last axis).
+
+    Raises:
+        ValueError: one line: not a file, not a .npy array (a .npz archive named .npy says so), Python objects,
+            not 2-D numeric, over the pixel limit, or cut short.
+    """
+    limit = pixel_limit() if max_pixels is None else int(max_pixels)
+    path = check_file(source, what)
+    name = path.name
+    with open(path, "rb") as f:
+        start = f.read(6)
+        if start.startswith(b"PK\x03\x04"):
+            raise ValueError(f"{what} {name} is a .npz archive, not a .npy array: save one array with numpy.save")
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+        except ValueError:
+            raise ValueError(f"{what} {name} is not a .npy array") from None
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+            np.lib.format.read_array_header_2_0
+        try:
+            shape, fortran, dtype = read_header(f, max_header_size=10_000)
+        except (ValueError, OSError, SyntaxError, TypeError):
+            raise ValueError(f"{what} {name} has a damaged .npy header") from None
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"{what} {name} holds Python objects, not numbers")
+    flat = shape[:2] if len(shape) == 3 and shape[2] == 1 else shape
+    if len(flat) != 2 or not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise ValueError(f"{what} {name} must be a 2-D numeric array (H, W), got {dtype} {tuple(shape)}")
+    check_pixels((flat[1], flat[0]), limit, what, name)
+    if path.stat().st_size < offset + int(np.prod(shape)) * dtype.itemsize:
+        raise ValueError(f"{what} {name} is cut short: its header announces {flat[1]}x{flat[0]} {dtype} values")
+    array = np.fromfile(path, dtype=dtype, count=int(np.prod(shape)), offset=offset)
+    return array.reshape(flat, order="F" if fortran else "C")
 
 
 def check_pixels(size: tuple[int, int], max_pixels: int, what: str, name: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import re
@@ -123,7 +124,10 @@ def read_jobs(source) -> JobList:
     path = Path(source)
     if path.is_dir():
         entries = _read_prompt_folder(path)
-    elif path.is_file():
+    elif path.exists():
+        from .images import check_file
+
+        check_file(path, "job file")  # a named pipe is said to be one, never read
         suffix = path.suffix.lower()
         if suffix not in (".jsonl", ".csv"):
             raise ValueError(f"job file {path} must be a folder of .txt prompts, a .jsonl or a .csv file")
@@ -233,7 +237,7 @@ def _job_from_record(record: dict, line: int, base: Path, label: str) -> Job:
         return Job(name=name, line=line, image=image, depth=depth, layers=layers,
                    seed=_int(record.get("seed", 0), "seed"))
 
-    from .plan import check_prompt, plan_scene
+    from .plan import check_prompt
 
     if "prompt" not in record:
         raise ValueError("a job needs a prompt (text job) or an image (picture job)")
@@ -243,9 +247,42 @@ def _job_from_record(record: dict, line: int, base: Path, label: str) -> Job:
     height = _int(record["height"], "height") if "height" in record else None
     overrides = tuple((n, check_prompt(record[f"{n}_prompt"])) for n in LAYER_NAMES if f"{n}_prompt" in record)
     # Planning is pure and takes milliseconds: every value is checked here, not halfway through the batch.
-    plan_scene(prompt, seed, width=width, height=height, overrides=dict(overrides))
+    planned(prompt, seed, width, height, overrides)
     return Job(name=job_name(given_name or label or prompt), line=line, prompt=prompt, seed=seed, width=width,
                height=height, overrides=overrides)
+
+
+_PLANNED: dict[bytes, tuple] = {}
+_PLANNED_MAX = 1 << 17
+"""Jobs whose plan facts are kept (about 150 bytes each, whatever the prompt's length)."""
+
+
+def planned(prompt: str, seed: int, width: Optional[int], height: Optional[int],
+            overrides: tuple[tuple[str, str], ...] = ()) -> tuple:
+    """What a text job's finished stack records of its plan: (sha256 of the prompt, seed, width, height, layer seeds).
+
+    Kept per job: the job file is planned once when it is read (a bad value is refused there), and a rerun checks
+    every finished folder against it without planning again.
+
+    Raises:
+        ValueError: the job cannot be planned (the reason names the value).
+    """
+    key = text_digest(json.dumps([prompt, seed, width, height, list(overrides)], ensure_ascii=False))
+    facts = _PLANNED.get(key)
+    if facts is None:
+        from .plan import plan_scene
+
+        plan = plan_scene(prompt, seed, width=width, height=height, overrides=dict(overrides))
+        facts = (text_digest(plan.prompt), plan.seed, plan.width, plan.height, tuple(lp.seed for lp in plan.layers))
+        if len(_PLANNED) >= _PLANNED_MAX:
+            _PLANNED.clear()
+        _PLANNED[key] = facts
+    return facts
+
+
+def text_digest(text) -> bytes:
+    """sha256 of a text (None for anything that is not one)."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest() if isinstance(text, str) else None
 
 
 def _int(value, what: str) -> int:
@@ -259,10 +296,12 @@ def _int(value, what: str) -> int:
 def _existing_file(value, base: Path, what: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{what} must be a file path, not {value!r}")
+    from .images import check_file
+
     path = (base / value).resolve()
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"{what} not found: {value}")
-    return str(path)
+    return str(check_file(path, what))
 
 
 def _unique(name: str, taken: set) -> str:
@@ -283,4 +322,4 @@ def one_line(text: str) -> str:
 
 
 __all__ = ["Job", "JobList", "JobOutcome", "MAX_NAME_CHARS", "PICTURE_KEYS", "STATUSES", "TEXT_KEYS", "job_name",
-           "one_line", "read_jobs"]
+           "one_line", "planned", "read_jobs"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -79,11 +80,13 @@ class Manifest:
     layers: tuple[LayerFiles, ...]
 
 
-def read_manifest(folder) -> Manifest:
+def read_manifest(folder, *, need_files: bool = True) -> Manifest:
     """Read and check `folder`/manifest.json (see the module docstring for what is checked).
 
     Args:
         folder: a stack folder.
+        need_files: every file the manifest names must be there; False: a missing one is allowed (is this folder
+            ours, though not complete), one leading outside the folder never is.
 
     Returns:
         The checked Manifest.
@@ -109,11 +112,12 @@ def read_manifest(folder) -> Manifest:
         data = json.loads(text, parse_constant=_no_constant)
     except (json.JSONDecodeError, ValueError) as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    return check_manifest(data, root)
+    return check_manifest(data, root, need_files=need_files)
 
 
-def check_manifest(data: Any, folder) -> Manifest:
-    """Check parsed manifest data against the schema; resolve its layer files inside `folder`."""
+def check_manifest(data: Any, folder, *, need_files: bool = True) -> Manifest:
+    """Check parsed manifest data against the schema; resolve its layer files inside `folder` (which must be there,
+    unless `need_files` is False)."""
     root = Path(folder)
     _check_fields(data, MANIFEST_SCHEMA, "manifest")
     layers = data["layers"]
@@ -131,8 +135,8 @@ def check_manifest(data: Any, folder) -> Manifest:
         nearness = float(entry["nearness"])
         if not 0.0 <= nearness <= 1.0:
             raise ValueError(f"manifest layer {entry['name']} nearness must be in [0, 1], got {nearness}")
-        image, depth, prior = (inside(base, entry[key], f"manifest layer {entry['name']} {key}")
-                               for key in LAYER_FILE_KEYS)
+        image, depth, prior = (inside(base, entry[key], f"manifest layer {entry['name']} {key}",
+                                      must_exist=need_files) for key in LAYER_FILE_KEYS)
         checked.append(LayerFiles(name=entry["name"], image=image, depth=depth, prior=prior, nearness=nearness))
     return Manifest(data=data, layers=tuple(checked))
 
@@ -163,11 +167,11 @@ def _check_plan_names(data: dict) -> None:
         raise ValueError(f"manifest plan layers must be {', '.join(LAYER_NAMES)}, got {plan_names!r}")
 
 
-def inside(base: Path, relative: str, what: str) -> Path:
+def inside(base: Path, relative: str, what: str, *, must_exist: bool = True) -> Path:
     """`relative` resolved under the folder `base` (already resolved), refused unless it stays inside it.
 
     No absolute path, no "..", no drive or backslash tricks; symlinks are followed and must land inside too; the
-    target must be a regular file.
+    target must be a regular file (or, with must_exist False, nothing yet).
     """
     rel = PurePosixPath(relative)
     if (not relative or "\\" in relative or "\0" in relative or rel.is_absolute() or ".." in rel.parts
@@ -176,7 +180,7 @@ def inside(base: Path, relative: str, what: str) -> Path:
     target = (base / rel).resolve()
     if target != base and base not in target.parents:
         raise ValueError(f"{what} {relative[:200]!r} points outside the folder")
-    if not target.is_file():
+    if not target.is_file() and (must_exist or os.path.lexists(target)):
         raise ValueError(f"{what} {relative[:200]!r} is missing or not a file")
     return target
 

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as _dt
 import functools
 import json
+import os
 import shutil
 import time
 import warnings
@@ -608,18 +609,18 @@ def write_outputs(result: StackResult, out_dir, *, progress: Optional[Progress] 
     """
     report = progress or (lambda fraction, text: None)
     out = Path(out_dir)
-    check_output_folder(out)
-    folders.clean_stale(out.resolve().parent)
+    target = check_output_folder(out)  # a link is followed: the folder it points to is replaced, the link kept
+    folders.clean_stale(target.parent)
     try:
-        staging = folders.staging_folder(out)
+        staging = folders.staging_folder(target)
     except OSError as exc:
         raise ValueError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
     try:
         with png_encodings_kept():
             files = _write_all(result, staging, report)
-        if out.is_dir():
-            folders.carry_over(out, staging, _OURS)
-        folders.replace_folder(staging, out)
+        if target.is_dir():
+            folders.carry_over(target, staging, _OURS)
+        folders.replace_folder(staging, target)
     except OSError as exc:
         raise ValueError(f"cannot write to output folder {out}: {exc.strerror or exc}") from None
     finally:
@@ -628,17 +629,56 @@ def write_outputs(result: StackResult, out_dir, *, progress: Optional[Progress] 
     return {key: out / rel for key, rel in files.items()}
 
 
-def check_output_folder(out: Path) -> None:
-    """Refuse an output folder that is a file, or a non-empty folder that is not a Layercake output.
+def check_output_folder(out) -> Path:
+    """The folder a run may replace whole, links followed; ValueError unless it is new, empty or a Layercake output.
 
-    Replacing a folder replaces it whole, so a folder of other things (someone's Documents) is never taken.
+    A Layercake output is a folder whose manifest passes the schema (layers.manifest.read_manifest: every file it
+    names inside the folder; one may be missing, a folder to redo) and whose own sub-folders hold only the files
+    Layercake writes there. A
+    replacement deletes those, so anything else in them (a web app's manifest.json with its own layers/ folder, a
+    file the user put into layers/) refuses the folder; the user's files beside them are carried over.
+
+    Returns:
+        The resolved folder (layers.folders.resolve_target).
+
+    Raises:
+        ValueError: one line naming the folder and why it is refused, before any work.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"output folder {out} is a file")
-    if out.is_dir() and not (out / OUTPUT_NAMES["manifest"]).is_file() and any(out.iterdir()):
+    target = folders.resolve_target(out)
+    if not target.is_dir() or not any(target.iterdir()):
+        return target
+    if not (target / OUTPUT_NAMES["manifest"]).is_file():
         raise ValueError(f"output folder {out} already holds other files and is not a Layercake output; "
                          f"choose a new or empty folder")
+    try:
+        names = [entry.name for entry in read_manifest(target, need_files=False).layers]
+    except ValueError as exc:
+        raise ValueError(f"output folder {out} is not a Layercake output: {exc}; choose a new or empty folder") \
+            from None
+    foreign = _not_ours(target, names)
+    if foreign:
+        raise ValueError(f"output folder {out} holds {foreign}, which Layercake did not write and a new run would "
+                         f"delete; move it out or choose a new or empty folder")
+    return target
+
+
+def _not_ours(folder: Path, names) -> Optional[str]:
+    """The first entry under one of our names in `folder` that is not a file Layercake writes there, or None."""
+    pngs = {f"{n}.png" for n in names}
+    expected = {"layers": pngs, "priors": pngs, "depth": pngs | {Path(PLATE_FILES["plate_depth"]).name},
+                "preview": {f"{n}.jpg" for n in names} | {f"depth_{n}.png" for n in names}}
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name in expected:
+            if entry.is_symlink() or not entry.is_dir():
+                return entry.name
+            for inner in sorted(os.scandir(entry.path), key=lambda e: e.name):
+                # the studio writes previews through temporary names
+                transient = entry.name == "preview" and inner.name.startswith(".") and inner.name.endswith(".tmp")
+                if not transient and (inner.name not in expected[entry.name] or inner.is_dir(follow_symlinks=False)):
+                    return f"{entry.name}/{inner.name}"
+        elif entry.name in _OURS and entry.is_dir(follow_symlinks=False):
+            return entry.name
+    return None
 
 
 def _write_all(result: StackResult, root: Path, report: Progress) -> dict[str, str]:

@@ -8,14 +8,39 @@ never takes a half-uploaded folder for a finished one. Text files (summary, atte
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import IO, Optional, Union
 
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+_STACK_FILE = re.compile(r"^(?:(?:layers|depth|priors)/[a-z0-9_-]+\.png"
+                         r"|[a-z]+\.(?:png|psd|ora|zip|mp4|glb|html|json))$")
+"""Paths a stack upload writes (pipeline.OUTPUT_NAMES, plate.png, and each layer's PNGs)."""
+
+
+def _is_manifest(text: str) -> bool:
+    """Whether a manifest's text has the shape of ours (its required keys), without trusting anything in it."""
+    from .manifest import MANIFEST_SCHEMA
+
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and all(key in data for key, (_, required) in MANIFEST_SCHEMA.items() if required)
+
+
+def _relative(rel) -> bool:
+    """Whether `rel` is a plain relative path that stays below its folder (no absolute path, drive, .., backslash)."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\\" in rel or "\0" in rel:
+        return False
+    return ".." not in rel.split("/") and not re.match(r"^[A-Za-z]:", rel)
 
 
 def is_url(location) -> bool:
@@ -34,6 +59,7 @@ class LocalStore:
     def __init__(self, root):
         self.root = Path(root)
         self.location = str(self.root)
+        self._real: Optional[dict[str, str]] = None
 
     def child(self, name: str) -> "LocalStore":
         return LocalStore(self.root / name)
@@ -50,14 +76,32 @@ class LocalStore:
             raise ValueError(f"output folder {self.root} cannot be written")
         return str(self.root.resolve())
 
+    def holds(self, rel) -> bool:
+        """Whether the relative path `rel` names something inside this folder, symbolic links followed."""
+        if not _relative(rel):
+            return False
+        if self._real is None:
+            self._real = {"": os.path.realpath(self.root)}
+        base = self._real[""]
+        head, _, name = rel.rpartition("/")
+        if head not in self._real:  # a stack names files in a handful of sub-folders: each resolved once
+            self._real[head] = os.path.realpath(os.path.join(base, head))
+        path = os.path.join(self._real[head], name)
+        if os.path.islink(path):
+            path = os.path.realpath(path)
+        return path.startswith(base.rstrip(os.sep) + os.sep)
+
     def read_text(self, rel: str) -> Optional[str]:
         path = self.root / rel
         return path.read_text(encoding="utf-8") if path.is_file() else None
 
     def size(self, rel: str) -> int:
-        """Bytes in the file, or -1 when it is not there."""
-        path = self.root / rel
-        return path.stat().st_size if path.is_file() else -1
+        """Bytes in the file, or -1 when it is not there (or not a file)."""
+        try:
+            info = os.stat(os.path.join(self.root, rel))
+        except (OSError, ValueError):
+            return -1
+        return info.st_size if stat.S_ISREG(info.st_mode) else -1
 
     def open_binary(self, rel: str) -> IO[bytes]:
         return open(self.root / rel, "rb")
@@ -81,6 +125,13 @@ class LocalStore:
         """Names of the files in the sub-folder `rel` that end with `suffix`, sorted."""
         folder = self.root / rel
         return sorted(p.name for p in folder.glob(f"*{suffix}") if p.is_file()) if folder.is_dir() else []
+
+    def check_target(self, rel: str) -> None:
+        """ValueError unless the sub-folder `rel` may take a stack: new, empty or a Layercake output (see
+        pipeline.check_output_folder)."""
+        from .pipeline import check_output_folder
+
+        check_output_folder(self.root / rel)
 
     def write_stack(self, result, rel: str) -> None:
         from .pipeline import write_outputs
@@ -119,6 +170,10 @@ class FsspecStore:
             raise ValueError(f"output {self.location} cannot be written: {exc}") from None
         return self.location
 
+    def holds(self, rel) -> bool:
+        """Whether the relative path `rel` names something inside this folder (object stores have no links)."""
+        return _relative(rel)
+
     def read_text(self, rel: str) -> Optional[str]:
         try:
             return self.fs.cat_file(self._p(rel)).decode("utf-8")
@@ -153,6 +208,25 @@ class FsspecStore:
         except FileNotFoundError:
             return []
         return sorted(name.rsplit("/", 1)[-1] for name in entries if name.endswith(suffix))
+
+    def check_target(self, rel: str) -> None:
+        """ValueError unless the sub-folder `rel` may take a stack: missing, empty, or holding only the files a
+        stack upload writes (an upload cut short has no manifest yet) and, when there, a manifest of ours."""
+        base = self._p(rel).rstrip("/")
+        try:
+            found = self.fs.find(base)
+        except FileNotFoundError:
+            return
+        where = f"output {self.location}/{rel}"
+        prefix = self.fs._strip_protocol(base).rstrip("/") + "/"
+        for name in found:
+            inner = self.fs._strip_protocol(name)[len(prefix):]
+            if not _STACK_FILE.match(inner):
+                raise ValueError(f"{where} holds {inner}, which Layercake did not write; choose a new or empty folder")
+        text = self.read_text(f"{rel}/manifest.json")
+        if text is not None and not _is_manifest(text):
+            raise ValueError(f"{where} is not a Layercake output: its manifest.json is not ours; choose a new or "
+                             f"empty folder")
 
     def write_stack(self, result, rel: str) -> None:
         from .pipeline import write_outputs

@@ -375,9 +375,7 @@ class Studio:
         count = check_layer_count(layers)
         picture = check_picture(open_image(image, max_pixels=self.limits.max_upload_pixels, what="image"))
         if depth_map:
-            if not str(depth_map).lower().endswith(".npy"):
-                open_image(depth_map, max_pixels=self.limits.max_upload_pixels, what="depth map")
-            depth, source = load_depth(depth_map), "map"
+            depth, source = load_depth(depth_map, max_pixels=self.limits.max_upload_pixels), "map"
         else:
             try:
                 depth, source = self._estimate_depth(picture), "reference"

@@ -209,7 +209,7 @@ def test_local_batch_of_text_and_picture_jobs_and_a_failure_does_not_stop_it(tmp
     # The picture job: its layers put back together give the picture, the disc in the middle, the box in front.
     scene = out / "scene"
     manifest = json.loads((scene / "manifest.json").read_text())
-    assert manifest["render"]["picture"] == str(tmp_path / "scene.png") and manifest["depth_source"] == "map"
+    assert manifest["render"]["picture"]["file"] == "scene.png" and manifest["depth_source"] == "map"
     with Image.open(tmp_path / "scene.png") as a, Image.open(scene / "composite.png") as b:
         assert np.abs(np.asarray(a, np.int16) - np.asarray(b.convert("RGB"), np.int16)).max() <= 2
     with Image.open(scene / "layers" / "midground.png") as mid, Image.open(scene / "layers" / "foreground.png") as fg:

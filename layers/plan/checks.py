@@ -1,6 +1,7 @@
 """Input checks: the scene prompt (text or file), seeds, sizes, the token counter and layer overrides (rule 1)."""
 from __future__ import annotations
 
+import os
 import unicodedata
 from pathlib import Path
 from typing import Mapping
@@ -42,11 +43,18 @@ def check_prompt(prompt: str) -> str:
 
 def read_prompt_file(path: Path) -> str:
     """Read a prompt file as strict UTF-8; ValueError naming the file otherwise."""
-    if not path.is_file():
-        raise ValueError(f"prompt file not found: {path}")
-    data = path.read_bytes()
-    if len(data) > 4 * MAX_PROMPT_CHARS:
-        raise ValueError(f"prompt file {path} is {len(data)} bytes; a prompt is at most {MAX_PROMPT_CHARS} characters")
+    from ..images import check_file
+
+    check_file(path, "prompt file")  # a named pipe is said to be one, never read (it would block)
+    limit = 4 * MAX_PROMPT_CHARS  # bytes: UTF-8 takes at most 4 per character
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)  # never more: a huge file is refused without being read
+    except OSError as exc:
+        raise ValueError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+    if len(data) > limit:
+        raise ValueError(f"prompt file {path} is {os.path.getsize(path)} bytes; a prompt is at most "
+                         f"{MAX_PROMPT_CHARS} characters")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
