@@ -6,7 +6,9 @@
 * **midground**: the figures, characters, the subject (rendered as an isolated subject on a plain backdrop);
 * **foreground**: debris, props and particles close to the lens (also rendered isolated).
 
-The planner is pure Python and deterministic: the same prompt and seed give the same plan.
+The planner is pure Python and deterministic: the same prompt and seed give the same plan. Its time grows about
+linearly with the prompt's length whatever the prompt's shape (no rule rereads a growing run of commas, spaces,
+brackets or colours): a 20,000-character prompt plans in under a second at the default token budget.
 
 Rules, in the order they are applied
 ------------------------------------
@@ -35,7 +37,8 @@ Rules, in the order they are applied
    phrase moves a long parenthetical into a phrase of its own that follows it into the same layer.
    Joining words at a phrase start ("and", "while", "simultaneously") are dropped.
 5. **Shared style.** Lighting ("sunrise-gold rim light", "high-contrast chiaroscuro", "volumetric light"),
-   colour grade and palette ("color grade", "cool blue shadow", "muted palette"), medium ("surreal
+   colour grade and palette ("color grade", "cool blue shadow", "muted palette"; a run of colours before
+   the light, grade or palette word joins its term, up to `COLOR_RUN` colours), medium ("surreal
    illustration", "oil painting", "35mm film") and quality words ("masterpiece", "ultra-detailed",
    "cinematic", "extreme detail", "high fidelity") are cut out of the phrases; when only joining words
    are left around them ("rim light cutting through cool blue shadow") the whole phrase is one term.
@@ -103,6 +106,7 @@ from .budget import MAX_MISSES
 from .checks import check_prompt, read_prompt_file
 from .placement import CARRY_ACROSS, CARRY_IN_CLAUSE
 from .planner import plan_scene, with_layer
+from .style import COLOR_RUN
 from .tokens import count_tokens_approx
 from .types import (
     LAYER_NAMES, LIGHT_DIRECTIONS, MAX_ASPECT, MAX_LAYER_SEED, MAX_PROMPT_CHARS, MAX_SEED, MAX_SIDE, MAX_TOKEN_BUDGET,
@@ -111,7 +115,7 @@ from .types import (
 from .words import _COLOR_ALIASES  # noqa: F401 - the palette names; the draft renderer holds a colour for each
 
 __all__ = [
-    "ASPECT_WEIGHT", "CARRY_ACROSS", "CARRY_IN_CLAUSE", "LAYER_NAMES", "LIGHT_DIRECTIONS", "MAX_ASPECT",
+    "ASPECT_WEIGHT", "CARRY_ACROSS", "CARRY_IN_CLAUSE", "COLOR_RUN", "LAYER_NAMES", "LIGHT_DIRECTIONS", "MAX_ASPECT",
     "MAX_LAYER_SEED", "MAX_MISSES", "MAX_PROMPT_CHARS", "MAX_SEED", "MAX_SIDE", "MAX_TOKEN_BUDGET", "MIN_SIDE",
     "MIN_TOKEN_BUDGET", "STYLE_SHARE", "SUBJECT_FRAMING", "LayerPlan", "ScenePlan", "TokenCounter",
     "check_prompt", "count_tokens_approx", "layer_seed", "parse_aspect", "plan_scene", "read_prompt_file",

@@ -13,9 +13,10 @@ _ORIENT = r"portrait|landscape|vertical|horizontal|upright|tall|wide"
 _RATIO_WORDS = r"aspect(?:[ \t]+ratio)?|ratio|format|frame|framing|crop|orientation"
 # An explicit mention names the ratio with a keyword before it ("Aspect ratio 2:3", "framed in 2:3") or after it
 # ("16:9 format"); separators ":", "x", "×" and "/" are accepted there. A bare ratio only with ":" or "×".
+# An optional ":" or "=" takes its spaces with it: two runs of spaces side by side would be tried split every way.
 _ASPECT_BEFORE_RE = re.compile(
     rf"(?:\b(?:in|with|at)[ \t]+(?:an?[ \t]+)?)?\b(?:aspect(?:[ \t]+ratio)?|ratio|framed|formatted|format|composed|"
-    rf"cropped|shot|rendered|presented)(?:[ \t]+(?:of|in|at|as|to|is))?[ \t]*[:=]?[ \t]*(?:an?[ \t]+)?"
+    rf"cropped|shot|rendered|presented)(?:[ \t]+(?:of|in|at|as|to|is))?[ \t]*(?:[:=][ \t]*)?(?:an?[ \t]+)?"
     rf"(?:(?P<o1>{_ORIENT})[ \t]+)?(?<![\w.:/])(?P<a>{_NUM})[ \t]*(?::|×|/|x)[ \t]*(?P<b>{_NUM})(?![\w:/]|\.\d)"
     rf"(?:[ \t]+(?P<o2>{_ORIENT}))?(?:[ \t]+(?:{_RATIO_WORDS})\b)?",
     re.IGNORECASE)

@@ -24,11 +24,14 @@ def _negative_prompt(name: str, user_bg: list[str], user_all: list[str], budget:
                      count: TokenCounter) -> tuple[str, list[str]]:
     user = list(user_all) + (list(user_bg) if name == "background" else [])
     terms: list[str] = []
+    seen: set[str] = set()
     for t in user + list(_NEGATIVES[name]):
-        if t.lower() not in (x.lower() for x in terms):
+        if t.lower() not in seen:
+            seen.add(t.lower())
             terms.append(t)
     kept, left = _fit_terms(terms, budget, count)
-    lost_user = [f"no {t}" for t in left if t in user]
+    user_terms = set(user)
+    lost_user = [f"no {t}" for t in left if t in user_terms]
     return ", ".join(kept), lost_user
 
 
@@ -36,13 +39,19 @@ def _join(content: list[str], framing: str | None, style: list[str]) -> str:
     return ", ".join([*content, *([framing] if framing else []), *style])
 
 
-_TRAILING_GLUE_RE = re.compile(
-    r"(?:\s+(?:a|an|the|of|and|or|with|in|on|to|by|for|from|at|as|into|onto|its|their|his|her|that|which|while|like))+$",
+_GLUE_WORD_RE = re.compile(
+    r"(?:a|an|the|of|and|or|with|in|on|to|by|for|from|at|as|into|onto|its|their|his|her|that|which|while|like)",
     re.IGNORECASE)
+"""Words a cut head does not end on (after its first word)."""
 
 
 def _truncate(phrase: str, fits: Callable[[str], bool]) -> tuple[str, str]:
-    """The longest head of `phrase` (cut at a word boundary) that fits, and the cut remainder."""
+    """The longest head of `phrase` (cut at a word boundary) that fits, and the cut remainder.
+
+    A head does not end on a joining word ("of", "and": dropped, not kept in the remainder). Heads are tried
+    from the longest down; after MAX_MISSES in a row that clean to nothing or do not fit, the first word is cut
+    by characters, as when no head fits.
+    """
     words = phrase.split()
     lo, hi = 0, len(words)
     while lo < hi:  # largest k with fits(words[:k])
@@ -51,12 +60,15 @@ def _truncate(phrase: str, fits: Callable[[str], bool]) -> tuple[str, str]:
             lo = mid
         else:
             hi = mid - 1
-    k = lo
-    while k > 0:
-        head = _clean(_TRAILING_GLUE_RE.sub("", " ".join(words[:k])))
+    k, misses = lo, 0
+    while k > 0 and misses < MAX_MISSES:
+        end = k  # words[:k] without the joining words it ends on
+        while end > 1 and _GLUE_WORD_RE.fullmatch(words[end - 1]):
+            end -= 1
+        head = _clean(" ".join(words[:end]))
         if head and fits(head):
             return head, " ".join(words[k:]).strip()
-        k -= 1
+        k, misses = end - 1, misses + 1  # every k from `end` up gives the same head
     # Not even the first word fits: cut inside it, by characters.
     word = words[0] if words else ""
     lo, hi = 0, len(word)

@@ -31,43 +31,49 @@ def _place(phrases: list[_Phrase], names: frozenset[str]) -> None:
             by_clause.setdefault(ph.clause, []).append(ph)
 
     # Cues: find, remove, note whether the phrase was only a cue and whether the cue opens its clause.
+    words_before_clause: dict[int, int] = {}  # words of the clause's phrases so far (cues already cut out)
+    cued_clauses: set[int] = set()  # clauses with a cue in a phrase so far
     for ph in phrases:
         if ph.part_of is not None:
             continue
         cue = _find_cue(ph.text)
-        if cue is None:
-            continue
-        layer, start, _, removable = cue
-        ph.cue = layer
-        ph.cue_bare = not removable
-        siblings = by_clause[ph.clause]
-        before = siblings[:siblings.index(ph)]
-        words_before = len(ph.text[:start].split()) + sum(len(p.text.split()) for p in before)
-        # "In the foreground, ...", "layer-cake depth: in the foreground, ..." and "...: in the midground a
-        # figure strides" all open what follows them.
-        ph.cue_leading = not ph.cue_bare and (
-            (words_before <= 3 and all(p.cue is None for p in before)) or len(ph.text[:start].split()) <= 1)
-        rest = _clean(_remove_cues(ph.text))
-        if not _content_words(rest):
-            ph.cue_only = True
-        else:
-            ph.text = rest
+        if cue is not None:
+            layer, start, _, removable = cue
+            ph.cue = layer
+            ph.cue_bare = not removable
+            words_before = len(ph.text[:start].split()) + words_before_clause.get(ph.clause, 0)
+            # "In the foreground, ...", "layer-cake depth: in the foreground, ..." and "...: in the midground a
+            # figure strides" all open what follows them.
+            ph.cue_leading = not ph.cue_bare and (
+                (words_before <= 3 and ph.clause not in cued_clauses) or len(ph.text[:start].split()) <= 1)
+            rest = _clean(_remove_cues(ph.text))
+            if not _content_words(rest):
+                ph.cue_only = True
+            else:
+                ph.text = rest
+            cued_clauses.add(ph.clause)
+        words_before_clause[ph.clause] = words_before_clause.get(ph.clause, 0) + len(ph.text.split())
 
     # A cue-only phrase hands its cue to the next phrase of its clause, or back to the earlier ones.
-    for ph in phrases:
-        if not ph.cue_only:
-            continue
-        siblings = by_clause[ph.clause]
-        k = siblings.index(ph)
-        after = [p for p in siblings[k + 1:] if not p.cue_only]
-        if after:
-            if after[0].cue is None:
-                after[0].cue = ph.cue
-                after[0].cue_leading = ph.cue_leading
-        else:
-            for p in siblings[:k]:
-                if p.cue is None:
-                    p.cue = ph.cue
+    for siblings in by_clause.values():
+        next_live: list[_Phrase | None] = [None] * len(siblings)  # the first phrase after k that is not cue-only
+        for k in range(len(siblings) - 2, -1, -1):
+            following = siblings[k + 1]
+            next_live[k] = next_live[k + 1] if following.cue_only else following
+        handed_back = 0  # siblings[:handed_back] all hold a cue
+        for k, ph in enumerate(siblings):
+            if not ph.cue_only:
+                continue
+            after = next_live[k]
+            if after is not None:
+                if after.cue is None:
+                    after.cue = ph.cue
+                    after.cue_leading = ph.cue_leading
+            else:
+                for p in siblings[handed_back:k]:
+                    if p.cue is None:
+                        p.cue = ph.cue
+                handed_back = k
     live = [ph for ph in phrases if not ph.cue_only]
 
     n = max(1, len(live))

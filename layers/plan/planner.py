@@ -84,12 +84,14 @@ def _candidates(phrases: list[_Phrase], name: str) -> list[str]:
 
 def _override_phrases(text: str) -> list[str]:
     out: list[str] = []
+    seen: set[str] = set()
     for seg in _segments(text):
         for sent in _split_at(seg.text, _sentence_cut, _SENTENCE_CHARS + ";"):
             for part in _split_at(sent, _phrase_cut, _PHRASE_CHARS):
                 for piece in _comma_pieces(part):
                     c = _clean(piece)
-                    if c and c.lower() not in (o.lower() for o in out):
+                    if c and c.lower() not in seen:
+                        seen.add(c.lower())
                         out.append(c)
     return out
 

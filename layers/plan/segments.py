@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .cues import _find_cue, _remove_cues
-from .scoring import _WORD_RE, _content_words, _max_weight, _stem, _tokens
+from .scoring import _content_words, _max_weight, _stem, _tokens
 from .words import _ABBREVIATIONS, _ADJ_SUFFIXES, _ADJECTIVES, _COLOR_ALIASES, _NOUN_EXCEPTIONS
 
 
@@ -14,14 +14,19 @@ _LEADING_GLUE_RE = re.compile(r"^(?:(?:and|or|but|yet|while|whereas|plus|so|then
                               re.IGNORECASE)
 
 
-_HEADING_RE = re.compile(r"^\s{0,3}#{1,6}\s*(.*?)\s*#*\s*$")
+_HEADING_RE = re.compile(r"^\s{0,3}#{1,6}\s*")
 _BULLET_RE = re.compile(r"^\s*(?:[-*+•·]|\d{1,3}[.)])\s+")
 _RULE_RE = re.compile(r"^\s*(?:[-*_=]\s*){3,}$")
+_QUOTE_RE = re.compile(r"^\s*>\s?")
 _STYLE_LABEL = r"style|lighting|light|colou?rs?|colou?r\s+grade|colou?r\s+grading|palette|medium|quality|render(?:ing)?"
 _LABEL_RE = re.compile(
-    rf"^\s*(?:\*\*|__)?\s*(?:the\s+)?(?P<label>fore[\s-]?ground|back[\s-]?ground|mid[\s-]?ground|middle[\s-]?ground|"
-    rf"{_STYLE_LABEL})(?:\s+(?:layer|plane|elements|details))?\s*(?:\*\*|__)?\s*(?:[:—–]|-\s|\*\*\s*[:—–])\s*(?:\*\*|__)?(?P<rest>.*)$",
+    rf"^\s*(?:(?:\*\*|__)\s*)?(?:the\s+)?"
+    rf"(?P<label>fore[\s-]?ground|back[\s-]?ground|mid[\s-]?ground|middle[\s-]?ground|{_STYLE_LABEL})"
+    rf"(?:\s+(?:layer|plane|elements|details))?\s*(?:(?:\*\*|__)\s*)?(?:[:—–]|-\s|\*\*\s*[:—–])\s*(?:\*\*|__)?"
+    rf"(?P<rest>.*)$",
     re.IGNORECASE)
+"""A label: "Foreground:", "**Lighting** -", "the background layer:". A marker takes its spaces with it, so two
+runs of spaces never meet (they would be tried split every way, in time quadratic in their length)."""
 
 
 def _label_layer(label: str) -> str:
@@ -35,10 +40,57 @@ def _label_layer(label: str) -> str:
     return "style"
 
 
+def _heading_title(line: str) -> str | None:
+    """The text of a markdown heading line without its closing hashes, or None for another line."""
+    h = _HEADING_RE.match(line)
+    return None if h is None else line[h.end():].rstrip().rstrip("#").rstrip()
+
+
+def _unlink(text: str) -> str:
+    r"""Links and images keep their text: ``re.sub(r"!?\[([^\]\n]*)\]\([^)\n]*\)", r"\1", text)`` in linear time.
+
+    The regex scans from every "[" to the next "]" or line end, so a long run of "[" costs quadratic time. Here
+    the next "]", ")" and line end are found once each: when a link starting at one "[" fails, so does one
+    starting at any later "[" before the same "]" (or, with no ")" left on the line, any on that line).
+    """
+    if "](" not in text:
+        return text
+    n = len(text)
+    out: list[str] = []
+    last = pos = 0
+    close = paren = newline = -1
+
+    def after(ch: str, start: int, known: int) -> int:
+        """The first `ch` at or after `start` (n if none), reusing `known` when it still is."""
+        return known if known >= start else text.find(ch, start) % (n + 1)
+
+    while (s := text.find("[", pos)) >= 0:
+        newline = after("\n", s, newline)
+        close = after("]", s, close)
+        if close >= newline:
+            pos = newline + 1
+            continue
+        if close + 1 >= n or text[close + 1] != "(":
+            pos = close + 1
+            continue
+        paren = after(")", close + 2, paren)
+        if paren >= newline:
+            pos = newline + 1
+            continue
+        start = s - 1 if s > last and text[s - 1] == "!" else s
+        out += [text[last:start], text[s + 1:close]]
+        last = pos = paren + 1
+    out.append(text[last:])
+    return "".join(out)
+
+
+_ITALIC_RE = re.compile(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])")
+
+
 def _strip_inline_markdown(text: str) -> str:
-    text = re.sub(r"!?\[([^\]\n]*)\]\([^)\n]*\)", r"\1", text)  # links and images keep their text
+    text = _unlink(text)  # links and images keep their text
     text = text.replace("**", "").replace("__", "").replace("`", "")
-    text = re.sub(r"(?<![\w*])\*(?=\S)([^*\n]+?)(?<=\S)\*(?![\w*])", r"\1", text)
+    text = _ITALIC_RE.sub(r"\1", text)
     return text.replace("*", " ")
 
 
@@ -59,9 +111,9 @@ def _segments(prompt: str) -> list[_Segment]:
             continue
         if _RULE_RE.match(raw):
             continue
-        h = _HEADING_RE.match(raw)
-        if h:
-            title = _strip_inline_markdown(h.group(1)).strip()
+        heading = _heading_title(raw)
+        if heading is not None:
+            title = _strip_inline_markdown(heading).strip()
             lm = _LABEL_RE.match(title + ":")
             cue = _find_cue(title)
             if lm and not lm.group("rest").strip():
@@ -75,7 +127,7 @@ def _segments(prompt: str) -> list[_Segment]:
             label_section = None
             continue
         line = _BULLET_RE.sub("", raw)
-        line = re.sub(r"^\s*>\s?", "", line)
+        line = _QUOTE_RE.sub("", line)
         lm = _LABEL_RE.match(line)
         if lm:
             layer = _label_layer(lm.group("label"))
@@ -104,17 +156,20 @@ _BRACKET_CHARS_RE = re.compile(r'[()\[\]{}“”«»"]')
 def _bracket_pairs(text: str) -> list[tuple[int, int]]:
     """(open, close) positions of the brackets that have a partner; a closer drops any opener left inside."""
     pairs: list[tuple[int, int]] = []
-    stack: list[tuple[str, int]] = []
+    stack: list[int] = []  # positions of the open brackets, innermost last
+    open_of: dict[str, list[int]] = {ch: [] for ch in _OPENERS}  # indexes into `stack`, per kind
     for m in _BRACKET_CHARS_RE.finditer(text):
         i, ch = m.start(), m.group()
         if ch in _OPENERS:
-            stack.append((ch, i))
-        elif ch in _CLOSERS:
-            for k in range(len(stack) - 1, -1, -1):
-                if stack[k][0] == _CLOSERS[ch]:
-                    pairs.append((stack[k][1], i))
-                    del stack[k:]
-                    break
+            open_of[ch].append(len(stack))
+            stack.append(i)
+        elif ch in _CLOSERS and open_of[_CLOSERS[ch]]:
+            k = open_of[_CLOSERS[ch]][-1]
+            pairs.append((stack[k], i))
+            del stack[k:]
+            for kept in open_of.values():
+                while kept and kept[-1] >= k:
+                    kept.pop()
     return pairs
 
 
@@ -217,12 +272,18 @@ def _balance(text: str) -> str:
     return "".join(out)
 
 
+_EMPTY_BRACKETS_RE = re.compile(r"\(\s*\)|\[\s*\]|“\s*”")
+_SPACES_RE = re.compile(r"\s+")
+_SPACE_BEFORE_CLOSER_RE = re.compile(r"\s+([,;:.!?)\]”»])")
+_SPACE_AFTER_OPENER_RE = re.compile(r"([(\[“«])\s+")
+
+
 def _clean(text: str) -> str:
     text = _balance(text)
-    text = re.sub(r"\(\s*\)|\[\s*\]|“\s*”", " ", text)
-    text = re.sub(r"\s+", " ", text)
-    text = re.sub(r"\s+([,;:.!?)\]”»])", r"\1", text)
-    text = re.sub(r"([(\[“«])\s+", r"\1", text)
+    text = _EMPTY_BRACKETS_RE.sub(" ", text)
+    text = _SPACES_RE.sub(" ", text)
+    text = _SPACE_BEFORE_CLOSER_RE.sub(r"\1", text)
+    text = _SPACE_AFTER_OPENER_RE.sub(r"\1", text)
     text = text.strip(_EDGE_PUNCT)
     prev = None
     while prev != text:
@@ -249,13 +310,36 @@ def _adjective_like(word: str) -> bool:
     return len(w) >= 5 and w.endswith(_ADJ_SUFFIXES)
 
 
+_HYPHENATED_WORD_RE = re.compile(r"[^\W\d_]+(?:[-'’][^\W\d_]+)*")
+
+
 def _standalone(piece: str) -> bool:
     """Whether a comma piece can be a phrase of its own (not a lone adjective or a bare "on the left")."""
-    toks = _WORD_RE.findall(piece)
-    last = re.findall(r"[^\W\d_]+(?:[-'’][^\W\d_]+)*", piece)
-    if not toks or (last and _adjective_like(last[-1])):
-        return False
-    return len(_content_words(piece)) >= 2 or _max_weight(piece) >= 1.0
+    return _Standalone().add(piece)
+
+
+class _Standalone:
+    """`_standalone` of comma-joined parts, added one at a time: each part is read once.
+
+    No word crosses a comma, so the words of "a,b" are those of "a" then those of "b": the last word, the
+    content-word count and the largest lexicon weight of the joined text follow from its parts'.
+    """
+
+    def __init__(self) -> None:
+        self.last_word: str | None = None
+        self.content = 0
+        self.weight = 0.0
+
+    def add(self, part: str) -> bool:
+        """Add one part; whether the parts so far, joined with commas, can stand alone."""
+        words = _HYPHENATED_WORD_RE.findall(part)
+        if words:
+            self.last_word = words[-1]
+            self.content += len(_content_words(part))
+            self.weight = max(self.weight, _max_weight(part))
+        if self.last_word is None or _adjective_like(self.last_word):
+            return False
+        return self.content >= 2 or self.weight >= 1.0
 
 
 def _parallel(a: str, b: str) -> bool:
@@ -267,25 +351,30 @@ def _parallel(a: str, b: str) -> bool:
 def _comma_pieces(text: str) -> list[str]:
     """Split at top-level commas; a piece that cannot stand alone ("a radiant,") joins the next one."""
     out: list[str] = []
-    buf = ""
+    parts: list[str] = []  # the piece being built; joined with commas it is never "" once it has two parts
+    state = _Standalone()
     for p in _split_at(text, _comma_cut, ","):
-        buf = f"{buf},{p}" if buf else p
-        if _standalone(buf):
-            out.append(buf)
-            buf = ""
+        if parts in ([], [""]):
+            parts, state = [p], _Standalone()
+        else:
+            parts.append(p)
+        if state.add(p):
+            out.append(",".join(parts))
+            parts = []
+    buf = ",".join(parts)
     if buf:
         if out and _clean(buf) and not _standalone(buf) and len(_content_words(buf)) <= 2:
             out[-1] = f"{out[-1]},{buf}"
         else:
             out.append(buf)
     # "half celebrant, half shadow": short pieces built the same way read as one.
-    merged: list[str] = []
+    merged: list[list[str]] = []
     for piece in out:
-        if merged and _parallel(merged[-1].rsplit(",", 1)[-1], piece):
-            merged[-1] = f"{merged[-1]},{piece}"
+        if merged and _parallel(merged[-1][-1].rsplit(",", 1)[-1], piece):
+            merged[-1].append(piece)
         else:
-            merged.append(piece)
-    out = merged
+            merged.append([piece])
+    out = [",".join(m) for m in merged]
     # A closing "..., and skin" is the tail of the list before it, not a subject of its own.
     if len(out) > 1 and re.search(r"(?:^|,)\s*(?:and|or)\s", out[-1]) and len(_content_words(out[-1])) <= 2:
         tail = out.pop()

@@ -1,6 +1,7 @@
 """Shared style: lighting, colour grade, medium and quality terms, and "no ..." phrases, cut out of phrases (rule 5)."""
 from __future__ import annotations
 
+import bisect
 import re
 
 from .segments import _EDGE_PUNCT, _Phrase, _clean, _is_glue
@@ -15,9 +16,17 @@ _COLOR_RE_TEXT = "|".join(
 
 _LIGHT_ADJ = (r"(?:warm|cool|cold|hot|soft|hard|harsh|bold|deep|bright|pale|dim|saturated|muted|electric|neon|glowing|"
               r"radiant|rich|vivid|vibrant|subtle|faint|strong|dramatic|sunrise|sunset|dawn|dusk|moonlit|icy|fiery)")
-_COLORISH = rf"(?:(?:{_LIGHT_ADJ})[\s-]+){{0,2}}(?:{_COLOR_RE_TEXT})|{_LIGHT_ADJ}"
-_COLOR_PAIR = rf"(?:{_COLORISH})(?:\s*(?:,|and|&)\s*(?:{_COLORISH}))*"
-"""One colour, or a run of them ("neon cyan and rust"): a grade or palette keeps all of its colours."""
+COLOR_RUN = 16
+"""A run of colours before a light, grade or palette word ("neon cyan and rust color grade") joins the style term
+up to this many colours; of a longer run, the last COLOR_RUN do. The bound keeps the style patterns linear in the
+length of the text."""
+# One colour, read one way only (atomic): "sunrise gold" is a colour and also "sunrise" + "gold", and trying both
+# readings in a run of them costs time exponential in its length. Another reading of the same words ends at the
+# same place, or where neither the run nor the term it is part of could go on (no colour starts "and", "light",
+# "colour", "palette"...), so no match is lost.
+_COLORISH = rf"(?>(?:(?:{_LIGHT_ADJ})[\s-]+){{0,2}}(?:{_COLOR_RE_TEXT})|{_LIGHT_ADJ})"
+_COLOR_PAIR = rf"(?:{_COLORISH})(?:\s*(?:,|and|&)\s*(?:{_COLORISH})){{0,{COLOR_RUN - 1}}}"
+"""One colour, or a run of them ("neon cyan and rust"): a grade or palette keeps its colours (up to COLOR_RUN)."""
 _ATMOSPHERE_PREP = rf"(?:{'|'.join(ATMOSPHERE_PREPOSITIONS)})\s+(?:the\s+)?"
 _ATMOSPHERE = (rf"(?:{_ATMOSPHERE_PREP})?(?:(?:{'|'.join(ATMOSPHERE_ADJECTIVES)})[\s-]+){{0,2}}"
                rf"(?:{'|'.join(ATMOSPHERE_NOUNS)})\b")
@@ -35,8 +44,8 @@ _STYLE_SPECS: list[tuple[str, int]] = [
     (r"lens\s+flares?\b", 0),
     (r"(?:cinematic|dramatic|studio|moody|natural|ambient|diffused?|neon|candle|golden[\s-]hour|rembrandt|split|"
      r"three[\s-]point|low[\s-]key|high[\s-]key|soft|hard|harsh)\s+light(?:ing)?\b", 0),
-    (rf"(?:{_COLORISH})(?:\s*(?:and|&)\s*(?:{_COLORISH}))*\s+(?:light(?:ing)?|glow|highlights?|tones?|hues?|"
-     rf"shadows?|gleams?)\b", 0),
+    (rf"(?:{_COLORISH})(?:\s*(?:and|&)\s*(?:{_COLORISH})){{0,{COLOR_RUN - 1}}}\s+"
+     rf"(?:light(?:ing)?|glow|highlights?|tones?|hues?|shadows?|gleams?)\b", 0),
     (r"(?:golden|blue|magic)\s+hour\b", 0),
     (r"(?:high|low)[\s-]contrast\b", 0),
     (r"(?:low|high)[\s-]key\b", 0),
@@ -104,6 +113,13 @@ _QUALITY_NEGATIVES = re.compile(r"\b(?:text|watermarks?|signatures?|logos?|blur(
                                 re.IGNORECASE)
 
 
+def _overlaps(spans: list[tuple[int, int, int]], start: int, end: int) -> bool:
+    """Whether [start, end) overlaps one of `spans`, sorted and disjoint: only the last one starting before `end`
+    can."""
+    k = bisect.bisect_left(spans, (end,))
+    return k > 0 and spans[k - 1][1] > start
+
+
 def _extract_style(phrases: list[_Phrase]) -> tuple[list[tuple[int, int, str]], list[str], list[str], list[_Phrase]]:
     """Cut style terms and negative phrases out of the phrases.
 
@@ -134,14 +150,14 @@ def _extract_style(phrases: list[_Phrase]) -> tuple[list[tuple[int, int, str]], 
             continue
         for rx, cat in _STYLE_RES:
             for m in rx.finditer(text):
-                if m.end() > m.start() and not any(s < m.end() and m.start() < e for s, e, _ in spans):
-                    spans.append((m.start(), m.end(), cat))
+                if m.end() > m.start() and not _overlaps(spans, m.start(), m.end()):
+                    bisect.insort(spans, (m.start(), m.end(), cat))
         if spans:
-            spans.sort()
-            rest = text
-            for s, e, _ in reversed(spans):
-                rest = rest[:s] + " " + rest[e:]
-            rest = _clean(rest)
+            pieces, last = [], 0
+            for s, e, _ in spans:
+                pieces += [text[last:s], " "]
+                last = e
+            rest = _clean("".join(pieces) + text[last:])
             if rest and (_is_glue(rest) or (spans[0][0] == 0 and rest.split()[0].lower() in
                                             TRAILING_PLACE_PREPOSITIONS)):
                 # "rim light cutting through cool blue shadow", "mist over the pines": the words around the
@@ -159,15 +175,34 @@ def _extract_style(phrases: list[_Phrase]) -> tuple[list[tuple[int, int, str]], 
 
 def _style_terms(found: list[tuple[int, int, str]]) -> list[str]:
     """De-duplicated style terms, lighting and colour first, quality last; contained terms dropped."""
-    texts: list[str] = []
+    texts: dict[str, None] = {}
     for _, _, t in sorted(found):
         t = t.replace(",", " ").strip(_EDGE_PUNCT)
         t = _ATMOSPHERE_PREP_RE.sub("", re.sub(r"\s+", " ", t))
-        if t and t not in texts:
-            texts.append(t)
-    out = []
+        if t:
+            texts.setdefault(t)
+    # One text holding them all, a line each (no term holds a line break): a term is dropped when it occurs,
+    # standing as words, anywhere but on its own line.
+    joined = "\n".join(texts)
+    own, start = {}, 0
     for t in texts:
-        if any(t != o and re.search(rf"(?<![\w-]){re.escape(t)}(?![\w-])", o) for o in texts):
-            continue
-        out.append(t)
-    return out
+        own[t] = start
+        start += len(t) + 1
+    return [t for t in texts if not _contained(joined, t, own[t])]
+
+
+def _contained(joined: str, term: str, own: int) -> bool:
+    """Whether `term` occurs in `joined` as whole words ("gold" in "gold light", not in "golden") other than at
+    `own`."""
+    at = joined.find(term)
+    while at >= 0:
+        end = at + len(term)
+        if at != own and not _continues_word(joined, at - 1) and not _continues_word(joined, end):
+            return True
+        at = joined.find(term, at + 1)
+    return False
+
+
+def _continues_word(text: str, i: int) -> bool:
+    """Whether the character at i continues a word (a letter, digit, underscore or hyphen)."""
+    return 0 <= i < len(text) and (text[i] == "-" or text[i].isalnum() or text[i] == "_")
