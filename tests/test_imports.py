@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def module_files(root: Path) -> dict[str, Path]:
-    """Dotted name -> file, for app.py and every module under layers/ (a package by its __init__.py)."""
+    """Dotted name -> file, for app.py and every module under layers/ and ui/ (a package by its __init__.py)."""
     files = {"app": root / "app.py"}
-    for path in sorted((root / "layers").rglob("*.py")):
+    for path in sorted(p for package in ("layers", "ui") for p in (root / package).rglob("*.py")):
         parts = path.relative_to(root).with_suffix("").parts
         if parts[-1] == "__init__":
             parts = parts[:-1]
@@ -141,3 +141,27 @@ def test_the_check_finds_a_circle_through_a_lazy_import_and_a_package_face(tmp_p
     # Breaking the lazy import breaks the circle.
     (tmp_path / "layers" / "pkg" / "inner.py").write_text("def thing():\n    pass\n")
     assert find_circle(import_graph(module_files(tmp_path))) is None
+
+
+def external_imports(path: Path) -> set[str]:
+    """The top-level names of what a file imports from outside the project (gradio, torch, ...)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names.add((node.module or "").split(".")[0])
+    return names
+
+
+def test_the_library_never_imports_the_page():
+    """layers/ is the pipeline, used by the CLI and the batch without gradio: only ui/ and app.py build the page."""
+    files = module_files(ROOT)
+    graph = import_graph(files)
+    assert any(name.startswith("ui.") for name in files), "the graph covers the page"
+    for name, path in files.items():
+        if name.startswith("layers"):
+            assert "gradio" not in external_imports(path), f"{name} imports gradio"
+            assert not {t for t in graph[name] if t == "app" or t == "ui" or t.startswith("ui.")}, name
+        if name.startswith("ui"):
+            assert "app" not in graph[name], f"{name} imports app.py back"
