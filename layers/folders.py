@@ -75,6 +75,8 @@ def resolve_target(out) -> Path:
     if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"output folder {out} cannot be written ({parent or target.parent} is not a writable "
                          f"folder)")
+    if target.exists() and not os.access(target, os.W_OK | os.X_OK):  # a folder is renamed only when writable
+        raise ValueError(f"output folder {out} cannot be written")
     return target
 
 

@@ -28,6 +28,14 @@ ours, decides and says so in its own words."""
 ImageSource = Union[str, os.PathLike, Image.Image]
 
 
+MAX_WORK_PIXELS = 8_000_000
+"""Default largest picture an upload is decomposed at (width x height): a larger one (up to the pixel limit) is
+scaled down to this first, so one request's memory stays bounded (bench/bench_upload_memory.py: under 3 GB peak
+for a 39.9 MP upload). 8 MP is a 4K frame."""
+WORK_LIMIT_VAR = "LAYERCAKE_MAX_WORK_PIXELS"
+"""Environment variable that sets the size an uploaded picture is decomposed at."""
+
+
 def pixel_limit(env: Mapping[str, str] = os.environ) -> int:
     """The largest image (width x height) read anywhere: LAYERCAKE_MAX_UPLOAD_PIXELS, else MAX_IMAGE_PIXELS.
 
@@ -36,17 +44,71 @@ def pixel_limit(env: Mapping[str, str] = os.environ) -> int:
     Raises:
         ValueError: the variable is not a number or is out of PIXEL_LIMIT_RANGE.
     """
-    text = env.get(PIXEL_LIMIT_VAR, "").strip()
+    return _pixels_from(env, PIXEL_LIMIT_VAR, MAX_IMAGE_PIXELS)
+
+
+def work_limit(env: Mapping[str, str] = os.environ) -> int:
+    """The largest picture an upload is worked on at: LAYERCAKE_MAX_WORK_PIXELS, else MAX_WORK_PIXELS.
+
+    Raises:
+        ValueError: the variable is not a number or is out of PIXEL_LIMIT_RANGE.
+    """
+    return _pixels_from(env, WORK_LIMIT_VAR, MAX_WORK_PIXELS)
+
+
+def _pixels_from(env: Mapping[str, str], var: str, default: int) -> int:
+    text = env.get(var, "").strip()
     if not text:
-        return MAX_IMAGE_PIXELS
+        return default
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{PIXEL_LIMIT_VAR} must be a number, got {text!r}") from None
+        raise ValueError(f"{var} must be a number, got {text!r}") from None
     lo, hi = PIXEL_LIMIT_RANGE
     if not (lo <= value <= hi and value == int(value)):
-        raise ValueError(f"{PIXEL_LIMIT_VAR} must be a whole number of pixels in {lo}..{hi}, got {text!r}")
+        raise ValueError(f"{var} must be a whole number of pixels in {lo}..{hi}, got {text!r}")
     return int(value)
+
+
+def fit_pixels(image: Image.Image, max_pixels: int, what: str = "image") -> tuple[Image.Image, Optional[str]]:
+    """The image scaled down (aspect kept) to at most `max_pixels`, and a line saying so; unchanged (and None)
+    when it is within.
+
+    Args:
+        image: the loaded image.
+        max_pixels: the work budget (work_limit()).
+        what: what the image is, for the line.
+
+    Returns:
+        (image, notice or None).
+    """
+    w, h = image.size
+    if w * h <= max_pixels:
+        return image, None
+    size = fitted_size((w, h), max_pixels)
+    # reducing_gap: a cheap integer reduction first, then a Lanczos pass; memory stays near the two images.
+    smaller = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return smaller, (f"{what} is {w}x{h} ({_mp(w * h)}): worked at {size[0]}x{size[1]} ({_mp(size[0] * size[1])}), "
+                     f"the limit for one picture ({WORK_LIMIT_VAR})")
+
+
+def fitted_size(size: tuple[int, int], max_pixels: int) -> tuple[int, int]:
+    """(width, height) scaled by one factor to at most `max_pixels` pixels, each side at least 1."""
+    w, h = size
+    scale = min(1.0, (max_pixels / float(w * h)) ** 0.5)
+    fw, fh = max(1, int(w * scale)), max(1, int(h * scale))
+    while fw * fh > max_pixels and (fw > 1 or fh > 1):  # a float's rounding: one row or column less
+        fw, fh = (fw - 1, fh) if fw * h >= fh * w else (fw, fh - 1)
+    return fw, fh
+
+
+def sample_nearest(values: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A per-pixel map (H, W) sampled to `size` (width, height) by nearest pixel: values kept exactly (a 0 meaning
+    "unknown" is not blended into its neighbours), any dtype, memory of the result only."""
+    h, w = values.shape[:2]
+    rows = (np.arange(size[1]) * h // size[1]).astype(np.intp)
+    cols = (np.arange(size[0]) * w // size[0]).astype(np.intp)
+    return values[rows[:, None], cols[None, :]]
 
 
 def open_image(source: ImageSource, *, max_pixels: Optional[int] = None, what: str = "image") -> Image.Image:

@@ -24,7 +24,7 @@ from PIL import Image
 
 from . import folders
 from .backends import Backend, resolve_backend
-from .images import PIXEL_LIMIT_RANGE, open_image, pixel_limit
+from .images import PIXEL_LIMIT_RANGE, fit_pixels, open_image, pixel_limit, sample_nearest, work_limit
 from .pipeline import (DEPTH_SOURCES, OUTPUT_NAMES, PLATE_FILES, GenerateOptions, Progress, StackResult, generate,
                        load_result, regenerate_layer, write_outputs)
 from .plan import LAYER_NAMES, ScenePlan, check_prompt, plan_scene
@@ -50,6 +50,9 @@ class StudioLimits:
     max_upload_pixels: int = field(default_factory=pixel_limit)
     """Largest uploaded image, width x height (1..178 956 970). LAYERCAKE_MAX_UPLOAD_PIXELS (read by
     layers.images.pixel_limit, the one limit every image loader uses)."""
+    max_work_pixels: int = field(default_factory=work_limit)
+    """Largest picture a /decompose upload is worked on at (1..178 956 970): a larger one is scaled down first and
+    the run says so, which bounds one request's memory. LAYERCAKE_MAX_WORK_PIXELS (default 8 MP)."""
     max_runs: int = 200
     """How many result folders are kept; the oldest go first (1..100 000). LAYERCAKE_MAX_RUNS."""
     max_age_hours: float = 24.0
@@ -61,6 +64,7 @@ class StudioLimits:
         checks = [
             ("max_upload_mb", self.max_upload_mb, 0.1, 1024),
             ("max_upload_pixels", self.max_upload_pixels, *PIXEL_LIMIT_RANGE),
+            ("max_work_pixels", self.max_work_pixels, *PIXEL_LIMIT_RANGE),
             ("max_runs", self.max_runs, 1, 100_000),
             ("max_age_hours", self.max_age_hours, 0.01, 8760),
             ("viewer_side", self.viewer_side, 64, 4096),
@@ -71,7 +75,8 @@ class StudioLimits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "StudioLimits":
-        """Limits from LAYERCAKE_MAX_UPLOAD_MB, LAYERCAKE_MAX_UPLOAD_PIXELS, LAYERCAKE_MAX_RUNS, LAYERCAKE_MAX_AGE_HOURS.
+        """Limits from LAYERCAKE_MAX_UPLOAD_MB, LAYERCAKE_MAX_UPLOAD_PIXELS, LAYERCAKE_MAX_WORK_PIXELS,
+        LAYERCAKE_MAX_RUNS, LAYERCAKE_MAX_AGE_HOURS.
 
         Args:
             env: the environment to read (default os.environ); unset variables keep the defaults.
@@ -82,7 +87,7 @@ class StudioLimits:
         Raises:
             ValueError: a variable is not a number or is out of range.
         """
-        kwargs = {"max_upload_pixels": pixel_limit(env)}
+        kwargs = {"max_upload_pixels": pixel_limit(env), "max_work_pixels": work_limit(env)}
         for field_name, var, kind in (("max_upload_mb", "LAYERCAKE_MAX_UPLOAD_MB", float),
                                       ("max_runs", "LAYERCAKE_MAX_RUNS", int),
                                       ("max_age_hours", "LAYERCAKE_MAX_AGE_HOURS", float)):
@@ -374,8 +379,18 @@ class Studio:
             raise ValueError("upload a picture to decompose")
         count = check_layer_count(layers)
         picture = check_picture(open_image(image, max_pixels=self.limits.max_upload_pixels, what="image"))
+        # Worked on at a bounded size, whatever the fill: memory grows with the pixels at every step.
+        full, budget = picture.size, self.limits.max_work_pixels
+        picture, scaled = fit_pixels(picture, budget)
+        first = [scaled] if scaled else []
         if depth_map:
             depth, source = load_depth(depth_map, max_pixels=self.limits.max_upload_pixels), "map"
+            dh, dw = depth.shape[:2]
+            if (scaled or dw * dh > budget) and dw * dh > picture.width * picture.height:
+                # Sampled, not blended: a 0 that means "unknown" stays 0, and only the small map is allocated.
+                depth = sample_nearest(depth, picture.size)
+                if (dw, dh) != full:
+                    first.append(f"depth map is {dw}x{dh}, the image {full[0]}x{full[1]}: depth map resized")
         else:
             try:
                 depth, source = self._estimate_depth(picture), "reference"
@@ -383,6 +398,7 @@ class Studio:
                 raise ValueError(f"no depth map: upload one (white = near), or make the estimator available "
                                  f"({exc})") from None
         depth, notices = prepare_depth(depth, picture.size, unknown_zero=bool(unknown_zero) and source == "map")
+        notices = first + notices
         backend = self.backend if callable(getattr(self.backend, "repaint", None)) else None
         run_id = uuid.uuid4().hex
         self.cleanup()

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image, ImageOps
 
 from layers.cli import main
+from layers.pipeline import GenerateOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 ORIENTATION = 0x0112
@@ -251,3 +252,47 @@ def test_an_npz_is_not_mistaken_for_a_zip_of_ours(tmp_path):
         z.writestr("a.txt", "hello")
     with pytest.raises(ValueError, match="is a .npz archive, not a .npy array"):
         load_depth(tmp_path / "d.npy")
+
+
+# --- the work budget of an upload ----------------------------------------------------------------------------------
+
+def test_an_upload_over_the_work_budget_is_decomposed_at_it_and_the_run_says_so(tmp_path):
+    from layers.backends import get_backend
+    from layers.studio import Studio, StudioLimits
+
+    picture, depth = scene(300, 200)
+    picture.save(tmp_path / "pic.png")
+    with_unknown = (depth * 255).astype(np.uint8)
+    with_unknown[150:, 200:] = 0  # a patch a stereo matcher left unknown, inside the far band
+    Image.fromarray(with_unknown).save(tmp_path / "depth.png")
+    studio = Studio(get_backend("draft"), output_root=tmp_path / "studio",
+                    limits=StudioLimits(max_work_pixels=20_000))
+    run = studio.decompose(str(tmp_path / "pic.png"), depth_map=str(tmp_path / "depth.png"), layers="2",
+                           unknown_zero=True, options=GenerateOptions(video=False, displacement=1.0))
+    width, height = run.result.stack.size
+    assert (width, height) == (173, 115) and width * height <= 20_000
+    notices = run.summary()["notices"]
+    assert notices[0] == ("image is 300x200 (0.06 MP): worked at 173x115 (0.0199 MP), the limit for one picture "
+                          "(LAYERCAKE_MAX_WORK_PIXELS)")
+    assert not [n for n in notices if "resized" in n], "the depth map is sampled with its picture"
+    assert any("unknown" in n for n in notices), "0 still read as unknown: sampled, never blended"
+    fg = run.result.stack["foreground"].alpha
+    assert fg[10, 10] > 0.95 and fg[100, 160] < 0.05, "the near block top-left, the rest behind"
+
+    Image.fromarray(np.tile(np.linspace(0, 255, 600, dtype=np.uint8), (400, 1))).save(tmp_path / "big_depth.png")
+    run = studio.decompose(str(tmp_path / "pic.png"), depth_map=str(tmp_path / "big_depth.png"), layers="2",
+                           options=GenerateOptions(video=False, displacement=1.0))
+    notices = run.summary()["notices"]
+    assert notices[0].startswith("image is 300x200 (0.06 MP): worked at 173x115")
+    assert notices[1] == "depth map is 600x400, the image 300x200: depth map resized", notices
+
+
+def test_the_work_budget_comes_from_the_environment_and_is_checked():
+    from layers.studio import StudioLimits
+
+    assert StudioLimits.from_env({}).max_work_pixels == 8_000_000
+    assert StudioLimits.from_env({"LAYERCAKE_MAX_WORK_PIXELS": "2e6"}).max_work_pixels == 2_000_000
+    with pytest.raises(ValueError, match="LAYERCAKE_MAX_WORK_PIXELS must be a number"):
+        StudioLimits.from_env({"LAYERCAKE_MAX_WORK_PIXELS": "lots"})
+    with pytest.raises(ValueError, match="LAYERCAKE_MAX_WORK_PIXELS must be a whole number of pixels"):
+        StudioLimits.from_env({"LAYERCAKE_MAX_WORK_PIXELS": "0"})
