@@ -568,3 +568,15 @@ def test_a_cue_at_the_end_of_a_list_item_places_that_item_not_the_next():
     assert "traveller" in plan.layer("midground").prompt
     assert "traveller" not in plan.layer("background").prompt
     assert "ferns" in plan.layer("foreground").prompt
+
+
+def test_parse_aspect_reads_the_aspect_plan_scene_reads():
+    """plan_scene reads the aspect from the prompt's segments; parse_aspect read the raw text, so the two could
+    disagree. Hypothesis found such a prompt: its first line, ending in a "## Midground" heading, says 16:9 and is
+    no segment; the text after says 0:3."""
+    text = _long_text(831, 215)
+    assert text.startswith("#,16:9,16:9") and text.endswith(",0:3")
+    with pytest.raises(ValueError, match="aspect ratio '0:3' has a zero side"):
+        plan_scene(text)
+    with pytest.raises(ValueError, match="aspect ratio '0:3' has a zero side"):
+        parse_aspect(text)

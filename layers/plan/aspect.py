@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import re
 
-from .segments import _strip_inline_markdown
+from .segments import _segments
 from .types import MAX_ASPECT, MAX_SIDE, MIN_SIDE
 
 
@@ -128,8 +128,15 @@ def parse_aspect(text: str) -> tuple[int, int] | None:
     Raises:
         ValueError: the aspect has a zero side or is beyond MAX_ASPECT:1 (e.g. "0:3", "1:50").
     """
-    found, _ = _find_aspect(_strip_inline_markdown(text).replace("\r", "\x00").replace("\n", "\x00"))
+    found, _ = _find_aspect(joined_segments(_segments(text)))
     return None if found is None else (found[0], found[1])
+
+
+def joined_segments(segments) -> str:
+    """A prompt's segments as its aspect is read from them, so that plan_scene and parse_aspect read the same text
+    (a markdown heading is no segment, and a ratio in one is not the scene's). NUL joins them: check_prompt keeps
+    it out of the text, and no aspect pattern crosses it."""
+    return "\x00".join(s.text for s in segments)
 
 
 ASPECT_WEIGHT = 6.0

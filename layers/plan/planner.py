@@ -5,7 +5,7 @@ import dataclasses
 import re
 from typing import Mapping
 
-from .aspect import size_for_aspect, _aspect_label, _cut_spans, _find_aspect
+from .aspect import joined_segments, size_for_aspect, _aspect_label, _cut_spans, _find_aspect
 from .budget import _budget_layer, _fit_terms, _negative_prompt
 from .checks import check_prompt, _check_int, _check_overrides, _check_side, _checked_counter
 from .cues import _find_cue
@@ -129,8 +129,7 @@ def plan_scene(prompt: str, seed: int = 0, *, width: int | None = None, height: 
 
     segments = _segments(text)
     # The aspect is read from the whole text at once (it may sit anywhere) and cut out of every segment.
-    # NUL joins the lines: check_prompt keeps it out of the text, and no aspect pattern crosses it.
-    joined = "\x00".join(s.text for s in segments)
+    joined = joined_segments(segments)
     found, spans = _find_aspect(joined)
     if spans:
         for seg, new in zip(segments, _cut_spans(joined, spans).split("\x00")):
