@@ -18,6 +18,7 @@ is `<out>/batch.csv` and `<out>/batch.json`, rewritten after every job.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import io
 import json
@@ -177,6 +178,8 @@ def make_stack(job: Job, backend, options, depth_model: Optional[str] = None):
     Returns:
         The StackResult, ready for write_outputs.
     """
+    if job.fill is not None:
+        options = dataclasses.replace(options, fill=job.fill)
     if job.kind == "picture":
         return _picture_stack(job, backend, options, depth_model)
     from .pipeline import generate

@@ -572,6 +572,58 @@ def hidden_mask(stack: LayerStack, name: str) -> np.ndarray:
     return (stack.layers[index].alpha > 0) & (seen <= 1.0 / 255.0)
 
 
+def refill_layer(stack: LayerStack, name: str, *, fill: str = "texture", seed: int = 0,
+                 progress: Optional[Progress] = None) -> StackLayer:
+    """Fill the hidden part of one layer again offline; what shows of it stays as it is.
+
+    The layer's own wholly visible pixels are the sources, as when the picture was decomposed; its stored depth
+    is the hidden part's depth.
+
+    Args:
+        stack: a decomposed stack.
+        name: the layer to fill.
+        fill: "texture" (patches of the layer's own pixels, for this seed) or "smooth".
+        seed: the texture fill's seed.
+        progress: called with (fraction, description).
+
+    Returns:
+        The new StackLayer (same alpha, depth and nearness).
+
+    Raises:
+        ValueError: unknown layer or fill, a layer that hides nothing, or one nothing of which shows.
+    """
+    check_fill(fill)
+    if name not in stack.names:
+        raise ValueError(f"no layer named {name!r}; this stack has {', '.join(stack.names)}")
+    hidden = hidden_mask(stack, name)
+    if not hidden.any():
+        raise ValueError(f"nothing hides any part of the {name} layer: there is nothing to fill")
+    report = progress or (lambda fraction, text: None)
+    report(0.1, f"filling {name}")
+    layer = stack[name]
+    index = stack.names.index(name)
+    eps = 1.0 / 255.0
+    seen = np.ones(hidden.shape, np.float32)
+    for nearer in stack.layers[index + 1:]:
+        seen *= 1.0 - nearer.alpha
+    alpha = layer.alpha
+    own = (alpha >= 1.0 - eps) & (seen > eps)
+    if not own.any():
+        own = (alpha > 0) & (seen > eps)
+    if not own.any():
+        raise ValueError(f"nothing of the {name} layer shows: there is nothing to fill it from")
+    colours = np.asarray(layer.rgba.convert("RGB"), dtype=np.float32) / 255.0
+    if fill == "texture":
+        filled = _texture(colours, own, seen, alpha, hidden, layer.depth, int(seed))
+    else:
+        filled = push_pull(colours, own * seen)
+    new = np.where(hidden[..., None], filled, colours)
+    rgba = Image.fromarray(np.clip(new * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
+    rgba.putalpha(layer.rgba.getchannel("A"))
+    report(1.0, f"{name} filled")
+    return StackLayer(name=name, rgba=rgba, depth=layer.depth, nearness=layer.nearness)
+
+
 def repaint_layer(stack: LayerStack, name: str, backend: Any, *, seed: int,
                   settings: DecomposeSettings = DecomposeSettings(), progress: Optional[Progress] = None):
     """Repaint the hidden part of one layer with a new seed (model mode); what shows of it stays as it is.
