@@ -11,17 +11,24 @@ on a gentle slope; the occluder near) and the background layer is scored inside 
 - PSNR and SSIM (scikit-image's, on RGB; the SSIM map averaged over the region);
 - texture ratio: mean gradient magnitude of the fill / of the truth there (a blur ~0.05, 1 = as detailed);
 - ghost: share of the region within 0.2 (RGB distance) of the occluder's colour;
-- seconds per fill (wall): for the two fills of ``layers.decompose`` its fill stage (the whole colour split
-  and fill, ``info["timings"]["fill"]``), for the libraries their inpainting call alone.
+- seconds per fill, wall and this process's CPU (what a machine shared with other work inflates less): each
+  fill's own call on the same layer and hidden part (the two fills of ``layers.decompose`` on the inputs it
+  gave the texture fill).
 
 Methods, side by side: ``smooth`` (push-pull, ``fill="smooth"``), ``texture`` (``fill="texture"``, the
 default), and, when installed (``pip install opencv-contrib-python-headless patchmatch-cython``): OpenCV's
 ``cv2.inpaint`` Telea and Navier-Stokes, opencv-contrib's ``xphoto.inpaint`` frequency-selective
-reconstruction (fast and best), shift-map (``--shiftmap``: seconds per fill), and ``patchmatch-cython``'s
-``inpaint_pyramid``. A library fills the smooth decomposition's background layer inside the same hidden
-region (every other pixel of the layer is its source), so all methods see the same input.
+reconstruction (fast; ``--slow`` adds its best mode and shift-map, tens of seconds to minutes a fill here),
+and ``patchmatch-cython``'s ``inpaint_pyramid``. A library fills the smooth decomposition's background layer
+inside the same hidden region (every other pixel of the layer is its source), so all methods see the same input.
 
-    python bench/bench_fill.py [--json] [--shiftmap] [--photos a,b] [--occluders disc,bar] [--save DIR]
+``--whole`` times what a user runs instead: ``python -m layers decompose`` of a 1024x1024 photo (the motorcycle,
+its disparity as the depth map, three layers: the background is mostly hidden) with every export, each fill,
+in a child process (wall and CPU seconds, peak memory). ``--cold`` times the texture fill's first call in a
+fresh process with numba's cache empty (compiling its kernels) and then filled (loading them).
+
+    python bench/bench_fill.py [--json] [--slow] [--photos a,b] [--occluders disc,bar] [--save DIR]
+    python bench/bench_fill.py --whole | --cold
 """
 from __future__ import annotations
 
@@ -131,7 +138,7 @@ def scores(fill: np.ndarray, truth: np.ndarray, region: np.ndarray) -> dict:
 
 # ------------------------------------------------------------------------------------------------ methods
 
-def library_methods(shiftmap: bool) -> dict:
+def library_methods(slow: bool) -> dict:
     """name -> fill(layer uint8 RGB, hole bool, seed) for the libraries that are installed."""
     methods = {}
     try:
@@ -157,8 +164,8 @@ def library_methods(shiftmap: bool) -> dict:
                 return run
 
             methods["OpenCV FSR fast"] = xphoto(cv2.xphoto.INPAINT_FSR_FAST)
-            methods["OpenCV FSR best"] = xphoto(cv2.xphoto.INPAINT_FSR_BEST)
-            if shiftmap:
+            if slow:
+                methods["OpenCV FSR best"] = xphoto(cv2.xphoto.INPAINT_FSR_BEST)
                 methods["OpenCV shift-map"] = xphoto(cv2.xphoto.INPAINT_SHIFTMAP, lab=True)
     try:
         from patchmatch_cython import inpaint_pyramid
@@ -169,28 +176,55 @@ def library_methods(shiftmap: bool) -> dict:
     return methods
 
 
+def _timed(call):
+    """(call's result, wall seconds, this process's CPU seconds)."""
+    t, cpu = time.perf_counter(), time.process_time()
+    out = call()
+    return out, time.perf_counter() - t, time.process_time() - cpu
+
+
+def _decompose_capturing_the_fill(picture, depth):
+    """decompose with the texture fill, and the arguments it handed ``texture_fill`` (to time the fill alone)."""
+    import layers.decompose as dec
+
+    real, calls = dec.texture_fill, []
+
+    def capture(*args, **kwargs):
+        calls.append((args, kwargs))
+        return real(*args, **kwargs)
+
+    dec.texture_fill = capture
+    try:
+        result = decompose(picture, depth, thresholds=SPLIT, settings=DecomposeSettings(fill="texture"))
+    finally:
+        dec.texture_fill = real
+    return result, calls[0]
+
+
 def run_case(photo_name: str, photo: np.ndarray, kind: str, methods: dict, save) -> list[dict]:
+    from layers.fill import push_pull, texture_fill
+
     comp, depth, region = make_case(photo, occluder_alpha(kind))
     picture = Image.fromarray(comp)
+    smooth = decompose(picture, depth, thresholds=SPLIT, settings=DecomposeSettings(fill="smooth"))
+    textured, (args, kwargs) = _decompose_capturing_the_fill(picture, depth)
+    # Each fill timed alone on the inputs decompose gave it: the layer, its sources, the hidden part.
+    image, source, _ = args
+    _, smooth_s, smooth_cpu = _timed(lambda: push_pull(image, source.astype(np.float32)))
+    _, texture_s, texture_cpu = _timed(lambda: texture_fill(*args, **kwargs))
     rows, views = [], {}
-    split = {}
-    for fill in ("smooth", "texture"):
-        result = decompose(picture, depth, thresholds=SPLIT, settings=DecomposeSettings(fill=fill))
-        layer = np.asarray(result.stack["background"].rgba.convert("RGB"), np.float32) / 255.0
-        split[fill] = result
-        views[fill] = layer
-        rows.append({"photo": photo_name, "occluder": kind, "method": fill,
-                     "seconds": round(result.info["timings"]["fill"], 3), **scores(layer, photo, region)})
-    base = np.asarray(split["smooth"].stack["background"].rgba.convert("RGB"))
-    hole = split["smooth"].filled["background"]
-    for name, fill in methods.items():
-        t = time.perf_counter()
-        out = fill(base, hole, 0)
-        seconds = time.perf_counter() - t
-        layer = np.where(hole[..., None], np.asarray(out, np.float32) / 255.0, base.astype(np.float32) / 255.0)
-        views[name] = layer
+    for name, result, seconds, cpu in (("smooth", smooth, smooth_s, smooth_cpu),
+                                       ("texture", textured, texture_s, texture_cpu)):
+        views[name] = np.asarray(result.stack["background"].rgba.convert("RGB"), np.float32) / 255.0
         rows.append({"photo": photo_name, "occluder": kind, "method": name, "seconds": round(seconds, 3),
-                     **scores(layer, photo, region)})
+                     "cpu_seconds": round(cpu, 3), **scores(views[name], photo, region)})
+    base = np.asarray(smooth.stack["background"].rgba.convert("RGB"))
+    hole = smooth.filled["background"]
+    for name, fill in methods.items():
+        out, seconds, cpu = _timed(lambda: fill(base, hole, 0))
+        views[name] = np.where(hole[..., None], np.asarray(out, np.float32) / 255.0, base.astype(np.float32) / 255.0)
+        rows.append({"photo": photo_name, "occluder": kind, "method": name, "seconds": round(seconds, 3),
+                     "cpu_seconds": round(cpu, 3), **scores(views[name], photo, region)})
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
         strip = [photo, comp.astype(np.float32) / 255.0] + [views[k] for k in views]
@@ -208,10 +242,10 @@ def summary(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
         per_method.append({"method": m, **{k: round(float(np.mean([r[k] for r in mine])), 3)
-                                           for k in ("psnr", "ssim", "texture", "ghost", "seconds")},
+                                           for k in ("psnr", "ssim", "texture", "ghost", "seconds", "cpu_seconds")},
                            "texture_min": min(r["texture"] for r in mine),
                            "texture_max": max(r["texture"] for r in mine),
-                           "seconds_max": max(r["seconds"] for r in mine)})
+                           "cpu_max": max(r["cpu_seconds"] for r in mine)})
     per_photo = []
     for photo in dict.fromkeys(r["photo"] for r in rows):
         entry = {"photo": photo}
@@ -229,21 +263,116 @@ def summary(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return per_method, per_photo
 
 
+def print_tables(rows: list[dict]) -> None:
+    per_method, per_photo = summary(rows)
+    photos = len({r["photo"] for r in rows})
+    kinds = len({r["occluder"] for r in rows})
+    print(f"{photos} photos x {kinds} occluders, {SIZE[0]}x{SIZE[1]}, region eroded {ERODE} px\n")
+    print("| method | PSNR dB | SSIM | texture ratio (min-max) | ghost | wall s | CPU s per fill (max) |\n"
+          "| --- | --- | --- | --- | --- | --- | --- |")
+    for m in per_method:
+        print(f"| {m['method']} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['texture']:.2f} ({m['texture_min']:.2f}-"
+              f"{m['texture_max']:.2f}) | {m['ghost']:.4f} | {m['seconds']:.2f} | {m['cpu_seconds']:.2f} "
+              f"({m['cpu_max']:.2f}) |")
+    print("\n| photo | PSNR smooth / texture | SSIM smooth / texture | texture ratio (min-max) | targets |\n"
+          "| --- | --- | --- | --- | --- |")
+    for e in per_photo:
+        s, t = e["smooth"], e["texture"]
+        print(f"| {e['photo']} | {s['psnr']:.2f} / {t['psnr']:.2f} | {s['ssim']:.3f} / {t['ssim']:.3f} "
+              f"| {s['texture_min']:.2f}-{s['texture_max']:.2f} / {t['texture_min']:.2f}-{t['texture_max']:.2f} "
+              f"| {'met' if e['meets'] else 'missed'} |")
+
+
+def whole_decompose(work: Path) -> list[dict]:
+    """``python -m layers decompose`` of a 1024x1024 photo with every export, per fill, in a child process."""
+    import resource
+    import subprocess
+
+    from skimage import data
+
+    from layers.decompose import prepare_depth
+
+    left, _, disparity = data.stereo_motorcycle()
+    work.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(left).resize((1024, 1024), Image.LANCZOS).save(work / "photo.png")
+    depth, _ = prepare_depth(np.where(np.isfinite(disparity), disparity, np.nan), (1024, 1024))
+    np.save(work / "depth.npy", depth)
+    rows = []
+    for fill in ("smooth", "texture"):
+        out = work / f"out-{fill}"
+        cmd = [sys.executable, "-c", "import resource, sys, time; from layers.cli import main; "
+               "t = time.perf_counter(); code = main(sys.argv[1:]); print('WALL', time.perf_counter() - t, "
+               "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); sys.exit(code)",
+               "decompose", "--image", str(work / "photo.png"), "--depth-map", str(work / "depth.npy"),
+               "--out", str(out), "--backend", "draft", "--fill", fill]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode:
+            raise SystemExit(proc.stderr)
+        wall, rss = proc.stderr.split("WALL")[-1].split()[:2]
+        rows.append({"fill": fill, "seconds": round(float(wall), 2),
+                     "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 2),
+                     "peak_mb": round(int(rss) / 1024), "files": sorted(p.name for p in out.iterdir())})
+    return rows
+
+
+def cold_start() -> dict:
+    """Seconds of the texture fill's first call in a fresh process: numba's cache empty, then filled."""
+    import os
+    import subprocess
+    import tempfile
+
+    code = ("import time; t = time.perf_counter(); import numpy as np; from layers.fill import texture_fill; "
+            "img = np.random.default_rng(0).random((64, 96, 3)).astype(np.float32); "
+            "hole = np.zeros((64, 96), bool); hole[20:40, 30:60] = True; texture_fill(img, ~hole, hole); "
+            "print(time.perf_counter() - t)")
+    times = {}
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for name in ("compile", "cached"):
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True,
+                                  cwd=Path(__file__).resolve().parents[1])
+            times[name] = round(float(proc.stdout.split()[-1]), 2)
+    return times
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print every case's scores as JSON")
     parser.add_argument("--photos", default=",".join(PHOTOS), help="comma-separated subset of " + ", ".join(PHOTOS))
     parser.add_argument("--occluders", default=",".join(OCCLUDERS), help="subset of " + ", ".join(OCCLUDERS))
-    parser.add_argument("--shiftmap", action="store_true", help="also OpenCV's shift-map (several seconds a fill)")
+    parser.add_argument("--slow", action="store_true", help="also FSR best and shift-map (minutes a fill)")
     parser.add_argument("--no-libraries", action="store_true", help="the two fills of layers.decompose only")
     parser.add_argument("--save", type=Path, help="write one strip per case here: truth, composite, each fill")
+    parser.add_argument("--whole", action="store_true", help="time a whole 1024x1024 decompose, every export")
+    parser.add_argument("--cold", action="store_true", help="time the texture fill's first call, compiling or not")
     args = parser.parse_args(argv)
+    if args.cold:
+        times = cold_start()
+        print(json.dumps(times) if args.json else
+              f"texture fill, first call in a fresh process: {times['compile']:.2f} s compiling its kernels, "
+              f"{times['cached']:.2f} s from numba's cache (imports included)")
+        return 0
+    if args.whole:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as work:
+            rows = whole_decompose(Path(work))
+        if args.json:
+            print(json.dumps(rows))
+            return 0
+        print("| fill | seconds | CPU seconds | peak memory |\n| --- | --- | --- | --- |")
+        for r in rows:
+            print(f"| {r['fill']} | {r['seconds']:.1f} | {r['cpu_seconds']:.1f} | {r['peak_mb']} MB |")
+        print(f"files: {', '.join(rows[-1]['files'])}")
+        return 0
     photos = [p.strip() for p in args.photos.split(",") if p.strip()]
     kinds = [k.strip() for k in args.occluders.split(",") if k.strip()]
     unknown = [p for p in photos if p not in PHOTOS] + [k for k in kinds if k not in OCCLUDERS]
     if unknown:
         parser.error(f"unknown photo or occluder: {', '.join(unknown)}")
-    methods = {} if args.no_libraries else library_methods(args.shiftmap)
+    methods = {} if args.no_libraries else library_methods(args.slow)
     # Warm-up (imports, the fill's compiled kernels loaded from numba's cache), not timed.
     warm = np.tile(np.linspace(0, 1, 96, dtype=np.float32), (64, 1))[..., None].repeat(3, -1)
     decompose(Image.fromarray((warm * 255).astype(np.uint8)), np.where(np.abs(warm[..., 0] - 0.5) < 0.1, 0.9, 0.1),
@@ -256,19 +385,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    per_method, per_photo = summary(rows)
-    print(f"{len(photos)} photos x {len(kinds)} occluders, {SIZE[0]}x{SIZE[1]}, region eroded {ERODE} px\n")
-    print("| method | PSNR dB | SSIM | texture (min-max) | ghost | s per fill (max) |\n| --- | --- | --- | --- | --- | --- |")
-    for m in per_method:
-        print(f"| {m['method']} | {m['psnr']:.2f} | {m['ssim']:.3f} | {m['texture']:.2f} ({m['texture_min']:.2f}-"
-              f"{m['texture_max']:.2f}) | {m['ghost']:.4f} | {m['seconds']:.2f} ({m['seconds_max']:.2f}) |")
-    print("\n| photo | PSNR smooth / texture | SSIM smooth / texture | texture ratio (min-max) | targets |\n"
-          "| --- | --- | --- | --- | --- |")
-    for e in per_photo:
-        s, t = e["smooth"], e["texture"]
-        print(f"| {e['photo']} | {s['psnr']:.2f} / {t['psnr']:.2f} | {s['ssim']:.3f} / {t['ssim']:.3f} "
-              f"| {s['texture_min']:.2f}-{s['texture_max']:.2f} / {t['texture_min']:.2f}-{t['texture_max']:.2f} "
-              f"| {'met' if e['meets'] else 'missed'} |")
+    print_tables(rows)
     if Path("/proc/loadavg").exists():
         print(f"\nload average: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     return 0

@@ -13,7 +13,7 @@
    overlapping patches vote for, tried first, blurred it).
 4. **Upward.** The field of matches is carried to the next finer level (each match doubled), which starts from
    that coarse arrangement with the fine texture of the sources, and is refined there by a local search (at
-   full size only near the hole's edge, where the fill meets the picture).
+   the two finest levels only near the hole's edge, where the fill meets the picture).
 5. **Tones.** Below ``tone_sigma`` the colours are brought to the smooth push-pull fill's: patches from
    elsewhere in the picture carry their own shading, the surroundings of the hole decide it. Structure from
    diffusion, texture from patches (Bertalmio et al. 2003). Over the first ``feather`` pixels the fill fades
@@ -76,7 +76,9 @@ class TextureSettings:
 FINE_REACH = 2
 """Random search radius at the finer levels, in patches: the coarse levels have already searched far."""
 FINE_BAND = 2
-"""Centres refined at full size: those within this many patches of the hole's edge."""
+"""Centres refined at the finest levels: those within this many patches of the hole's edge."""
+EDGE_LEVELS = 1
+"""The levels up to this one (0 = full size) refine only near the hole's edge (FINE_BAND)."""
 MIN_SOURCE_PATCHES = 16
 """A coarser level is only used while it has at least this many source patches."""
 
@@ -148,9 +150,9 @@ def texture_fill(image: np.ndarray, source: np.ndarray, hole: np.ndarray, *, dep
             ny, nx = lv.upsampled(field, levels[k + 1], rng)
             lv.copy_centres(ny, nx)
             reach = FINE_REACH * settings.patch
-        # At full size only the centres near the hole's edge are refined, where it meets the picture: inside, the
-        # coarser level's arrangement (carried up with the sources' own fine texture) measured as good.
-        centres = lv.near_edge(dist, FINE_BAND * settings.patch) if k == 0 else lv.all_centres()
+        # At the two finest levels only the centres near the hole's edge are refined, where it meets the picture:
+        # inside, the coarser level's arrangement (carried up with the sources' own fine texture) measured as good.
+        centres = lv.near_edge(FINE_BAND * settings.patch) if k <= EDGE_LEVELS else lv.all_centres()
         for _ in range(settings.fine_rounds if k == 0 else settings.coarse_rounds):
             state = _match(lv, ny, nx, centres, settings.scans, r, reach, state)
             lv.copy_centres(ny, nx)
@@ -192,9 +194,11 @@ class _Level:
         """(positions in the field, their centres' rows and columns, and index map): every centre."""
         return None, self.cy, self.cx, self.index
 
-    def near_edge(self, dist: np.ndarray, distance: float):
-        """The centres within ``distance`` of a pixel outside the hole (``dist``: each pixel's distance to one),
-        as ``all_centres`` gives them."""
+    def near_edge(self, distance: float):
+        """The centres within ``distance`` of a pixel outside the hole, as ``all_centres`` gives them."""
+        from scipy import ndimage
+
+        dist = ndimage.distance_transform_edt(self.hole)
         near = np.flatnonzero(dist[self.cy, self.cx] <= distance)
         index = np.full(self.hole.shape, -1, np.int64)
         index[self.cy[near], self.cx[near]] = np.arange(near.size)
