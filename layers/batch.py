@@ -19,6 +19,7 @@ and whole at the end.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import io
@@ -206,6 +207,8 @@ def make_stack(job: Job, backend, options, depth_model: Optional[str] = None):
     Returns:
         The StackResult, ready for write_outputs.
     """
+    if job.fill is not None:
+        options = dataclasses.replace(options, fill=job.fill)
     if job.kind == "picture":
         return _picture_stack(job, backend, options, depth_model)
     from .pipeline import generate

@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKEND_CHOICES
     from .backends.diffusers import DECODERS
     from .executors import EXECUTORS
+    from .fill import FILLS
     from .parallax import CAMERA_PATHS
     from .plan import LAYER_NAMES
 
@@ -63,6 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--decoder", choices=DECODERS,
                        help="latents to pictures: full = the model's VAE, tiny = TAESD (default: tiny for the CPU "
                             "preset, full otherwise)")
+
+    def fill_arg(p, what, default="texture"):
+        p.add_argument("--fill", choices=FILLS, default=None,
+                       help=f"{what}: texture = patches of the layer's own visible pixels, smooth = a blend of them "
+                            f"(default: {default})")
 
     def export_args(p):
         p.add_argument("--formats", default="all", metavar="LIST",
@@ -105,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plate: fraction of the plate's and layers' steps the ControlNet guides (default 1; 0.5 "
                         "with the few-step preset)")
     p.add_argument("--no-harmonize", action="store_true", help="plate: skip the harmonising pass over the composite")
+    fill_arg(p, "plate: how each layer is completed behind the nearer ones, the start of the background's inpaint")
     p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
     export_args(p)
     p.add_argument("--displacement", type=float, default=0.0,
@@ -124,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_layer_count, default=3, help="2..6, or auto (split at the depth "
                    "histogram's deepest valleys); default 3")
     backend_args(p, "auto")
-    p.add_argument("--seed", type=int, default=0, help="seed of model-mode inpainting (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the texture fill and of model-mode inpainting "
+                   "(default 0)")
+    fill_arg(p, "how hidden parts are filled offline (model mode: the start of the inpaint, and its fallback)")
     p.add_argument("--parallax", choices=CAMERA_PATHS, default="sway", help="camera path of parallax.mp4")
     p.add_argument("--frames", type=int, default=60, help="frames in parallax.mp4 (default 60)")
     p.add_argument("--flat", action="store_true", help="parallax.mp4 with flat cards instead of per-pixel depth")
@@ -139,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "decomposed stack's own names)")
     p.add_argument("--seed", type=int, help="the layer's new seed (default: a fresh one)")
     p.add_argument("--prompt", help="the layer's new prompt")
+    fill_arg(p, "fill the layer's hidden part again offline with this fill (a picture's or a plate's layers)",
+             "the stack's own; a decomposed picture's layer is repainted in model mode, refilled otherwise")
     backend_args(p, None)
 
     p = sub.add_parser("batch", help="make a stack for every job of a job file; a rerun skips finished jobs")
@@ -156,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallax", choices=CAMERA_PATHS, default="sway", help="camera path of parallax.mp4")
     p.add_argument("--frames", type=int, default=60, help="frames in parallax.mp4 (default 60)")
     p.add_argument("--matte-model", help="rembg model name or .onnx under U2NET_HOME (default: offline matting)")
+    fill_arg(p, "how hidden parts are filled (picture jobs, and plate-composed text jobs); a job's own fill wins")
     p.add_argument("--no-video", action="store_true", help="skip parallax.mp4")
     return parser
 
@@ -253,7 +265,7 @@ def _options(args, backend):
         kw["matte_model"] = args.matte_model
     kw["displacement"] = args.displacement
     for key in ("steps", "guidance", "composition", "plate_hint", "layer_denoise", "fill_denoise", "control_end",
-                "depth_model"):
+                "depth_model", "fill"):
         if getattr(args, key) is not None:
             kw[key] = getattr(args, key)
     if args.no_harmonize:
@@ -328,7 +340,7 @@ def _cmd_decompose(args) -> int:
     _check_out_dir(args.out)
     options = GenerateOptions(parallax=args.parallax, frames=args.frames, video=not args.no_video,
                               displacement=0.0 if args.flat else 1.0, matte_model=args.matte_model,
-                              **_export_options(args))
+                              **({"fill": args.fill} if args.fill else {}), **_export_options(args))
     if args.unknown_zero and args.depth_map is None:
         raise ValueError("--unknown-zero applies to a given depth map: pass --depth-map D with it")
     image = load_picture(args.image)
@@ -376,6 +388,8 @@ def _cmd_regenerate(args) -> int:
     result = load_result(args.source)
     _check_out_dir(args.source)
     name = args.backend or result.render_info.get("backend") or "auto"
+    if result.plan is None and (name == "offline" or args.fill is not None):
+        name = "draft"  # a picture's layer filled offline again: no model to load
     options = _model_options(args)
     if name == "diffusers" and not options:
         # The preset name, when there is one, brings back its scheduler too; a bare hub id would not.
@@ -387,7 +401,8 @@ def _cmd_regenerate(args) -> int:
         print(notice, file=sys.stderr)
     t0 = time.perf_counter()
     with _ProgressBar() as bar:
-        result = regenerate_layer(result, args.layer, backend, seed=args.seed, prompt=args.prompt, progress=bar)
+        result = regenerate_layer(result, args.layer, backend, seed=args.seed, prompt=args.prompt, fill=args.fill,
+                                  progress=bar)
         files = write_outputs(result, args.source, progress=bar)
     _summary(result, files, time.perf_counter() - t0)
     return 0
@@ -415,7 +430,7 @@ def _cmd_batch(args) -> int:
     # Only the options given travel to the workers: each fills in its own model's steps and guidance.
     options = {"parallax": args.parallax, "frames": args.frames, "video": not args.no_video}
     given = {"steps": args.steps, "guidance": args.guidance, "matte_model": args.matte_model,
-             "strengths": tuple(args.strength) if args.strength else None}
+             "strengths": tuple(args.strength) if args.strength else None, "fill": args.fill}
     options.update({k: v for k, v in given.items() if v is not None})
     settings = BatchSettings(executor=args.executor, workers=args.workers, backend=args.backend,
                              backend_options=tuple(sorted(_model_options(args).items())), options=options,

@@ -12,7 +12,8 @@ only tie is shared prompt words; here the layers are cut from one picture, so th
    foreground by img2img from the plate's pixels inside the layer's band over a plain backdrop
    (``layer_denoise`` ~0.55, under their own completed band depth, prompt, seed and ControlNet strength: the
    layer's own tokens add the detail one prompt could not hold); the background by inpainting what the nearer
-   layers cover, so it is complete (``fill_denoise`` below 1 starts it from the decomposition's fill). The
+   layers cover, so it is complete (``fill_denoise`` below 1 starts it from the decomposition's fill: by
+   default patches of the background's own texture, ``fill="texture"``; or its smooth blend). The
    ControlNet guides the first ``control_end`` of the plate's and the layers' steps.
 4. **Matting** of the midground and foreground renders (``layers/matte.py``), with the layer's band as the prior.
 5. **Harmonising**: one low-strength img2img pass over the composite; each layer then takes the colour change
@@ -32,9 +33,9 @@ import numpy as np
 from PIL import Image
 
 from .backends.base import ProgressCallback, RenderRequest, RenderSettings, RepaintRequest, span_progress
-from .decompose import Decomposition, decompose
+from .decompose import DecomposeSettings, Decomposition, decompose
 from .depth import LayerDepth
-from .fill import push_pull
+from .fill import check_fill, push_pull
 from .images import as_stored16
 from .matte import matte_rgba
 from .stack import LayerStack, StackLayer
@@ -69,7 +70,10 @@ class ComposeSettings:
     """How far the midground and foreground are re-noised from the plate's pixels, (0, 1]."""
     fill_denoise: float = 1.0
     """How far the background is re-noised where nearer layers hide it, (0, 1] (1: invented anew; below 1 it starts
-    from the decomposition's fill, the colours of the surroundings)."""
+    from the decomposition's fill, see ``fill``)."""
+    fill: str = "texture"
+    """How the plate's layers are completed where nearer ones hide them, the background inpaint's start image:
+    "texture" (patches of the layer's own pixels) or "smooth"."""
     control_end: float = 1.0
     """Fraction of the plate's and the layers' steps the ControlNet guides, (0, 1] (the harmonising pass, one or two
     steps, is always guided throughout)."""
@@ -96,6 +100,7 @@ class ComposeSettings:
                 raise ValueError(f"{name} must be in (0, 1], got {value!r}")
         if len(self.backdrop) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in self.backdrop):
             raise ValueError(f"backdrop must be three integers 0..255, got {self.backdrop!r}")
+        check_fill(self.fill)
 
 
 @dataclass
@@ -188,7 +193,7 @@ def compose_stack(plan, backend, scaffold: dict, estimator: Callable[[Image.Imag
 
     t = time.perf_counter()
     report(0.35, "cutting the plate into layers")
-    parts = decompose(plate, plate_depth, layers=len(NAMES))
+    parts = _cut(plate, plate_depth, plan, settings)
     timings["decompose"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -219,12 +224,14 @@ def compose_stack(plan, backend, scaffold: dict, estimator: Callable[[Image.Imag
         composition="plate",
         plate={"seed": int(plan.seed), "hint_strength": float(settings.plate_hint), "prompt": plan.prompt,
                "render": {k: v for k, v in plate_result.info.items() if k in ("layers", "timings", "batching")}},
-        decompose={"thresholds": [round(float(x), 6) for x in parts.thresholds],
-                   "notices": list(parts.notices), "timings": parts.info.get("timings", {})},
+        decompose={"thresholds": [round(float(x), 6) for x in parts.thresholds], "fill": parts.info["fill"],
+                   "seeds": parts.info.get("seeds", {}), "notices": list(parts.notices),
+                   "timings": parts.info.get("timings", {})},
         layer_denoise=float(settings.layer_denoise), fill_denoise=float(settings.fill_denoise),
         strengths=[float(s) for s in strengths], harmonize=harmonise_info,
         compose_settings={"plate_hint": settings.plate_hint, "layer_denoise": settings.layer_denoise,
-                          "fill_denoise": settings.fill_denoise, "control_end": settings.control_end,
+                          "fill_denoise": settings.fill_denoise, "fill": settings.fill,
+                          "control_end": settings.control_end,
                           "harmonize": settings.harmonize,
                           "harmonize_control": settings.harmonize_control, "grow": settings.grow,
                           "backdrop": list(settings.backdrop)},
@@ -246,7 +253,7 @@ def recompose_layer(plan, backend, plate: Image.Image, plate_depth: np.ndarray, 
     if name not in NAMES:
         raise ValueError(f"unknown layer {name!r}; choose one of {', '.join(NAMES)}")
     size = _render_settings(plan, steps, guidance, settings)
-    parts = decompose(plate, as_stored16(plate_depth), layers=len(NAMES))
+    parts = _cut(plate, as_stored16(plate_depth), plan, settings)
     if not np.allclose(parts.thresholds, thresholds, atol=1e-6):
         raise ValueError(f"the plate's depth now splits at {list(parts.thresholds)}, not at the stack's "
                          f"{list(thresholds)}: depth/plate.png was changed; regenerate the whole stack")
@@ -264,6 +271,13 @@ def recompose_layer(plan, backend, plate: Image.Image, plate_depth: np.ndarray, 
 
 
 # ------------------------------------------------------------------------------------------------- steps
+
+def _cut(plate: Image.Image, plate_depth: np.ndarray, plan, settings: ComposeSettings) -> Decomposition:
+    """The plate in three depth layers, each completed behind the nearer ones (the scene seed seeds the fill, so
+    regenerating a layer cuts the very same layers again)."""
+    return decompose(plate, plate_depth, layers=len(NAMES), seed=int(plan.seed),
+                     settings=DecomposeSettings(fill=settings.fill))
+
 
 def _render_settings(plan, steps: int, guidance: float, settings: ComposeSettings) -> RenderSettings:
     """The plate's and the layers' render settings."""

@@ -20,10 +20,12 @@ How a picture is split:
    for, the other side estimated from its own solid pixels): compositing the stack gives back the picture,
    up to 8-bit rounding.
 4. **Hidden parts filled.** Where a layer is covered by nearer ones, its colour and its depth are filled
-   from that layer's own visible pixels only (never from the occluder): a push-pull fill weighted towards
-   the farther of them, so the far side of a depth edge continues behind it. With a backend that can
-   repaint (``Repainter``: model mode), the hidden parts are repainted in one batched call under the
-   completed depth instead, and the offline fill stays as the start image and the fallback.
+   from that layer's own visible pixels only (never from the occluder). The depth by a smooth push-pull fill
+   (a surface continues smoothly behind what is in front of it); the colour, by default, with patches of the
+   layer's own texture at the hidden part's depth (``fill.texture_fill``, ``fill="texture"``), or smoothly
+   (``fill="smooth"``, push-pull). With a backend that can repaint (``Repainter``: model mode), the hidden
+   parts are repainted in one batched call under the completed depth instead, and the offline fill stays as
+   the start image and the fallback.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from .backends.base import ModelUnavailableError, RenderSettings, RepaintRequest, span_progress
-from .fill import push_pull
+from .fill import check_fill, push_pull, texture_fill
 from .images import ImageSource, check_unit_map, open_image, read_npy
 from .matte import MatteSettings, matte_layer
 from .stack import LayerStack, StackLayer, with_alpha
@@ -44,7 +46,7 @@ from .stack import LayerStack, StackLayer, with_alpha
 __all__ = ["DecomposeSettings", "Decomposition", "MAX_LAYERS", "MIN_LAYERS", "MIN_SIDE", "check_layer_count",
            "choose_thresholds",
            "check_picture", "decompose", "hidden_mask", "layer_names", "load_depth", "load_picture", "prepare_depth",
-           "repaint_layer"]
+           "refill_layer", "repaint_layer"]
 
 MIN_LAYERS, MAX_LAYERS = 2, 6
 MIN_SIDE = 32
@@ -68,6 +70,9 @@ class DecomposeSettings:
     further bias scored no better (bench/bench_stereo.py: 0 -> 16.73 dB disoccluded, 6 -> 16.66, 12 -> 16.37)."""
     min_share: float = 0.01
     """Smallest share of the picture a depth band may hold; thresholds are moved to keep every band this big."""
+    fill: str = "texture"
+    """How a layer's colour is completed where nearer layers hide it: "texture" (patches of its own visible
+    pixels, at the hidden part's depth) or "smooth" (a push-pull blend of them)."""
     prompt: str = "seamless continuation of the surrounding background, same lighting and texture"
     """Prompt for model-mode repainting of hidden parts."""
     negative_prompt: str = "person, object, text, watermark, frame, border"
@@ -81,6 +86,7 @@ class DecomposeSettings:
             raise ValueError(f"far_bias must be in [0, 50], got {self.far_bias!r}")
         if not 0.0 < self.min_share <= 0.2:
             raise ValueError(f"min_share must be in (0, 0.2], got {self.min_share!r}")
+        check_fill(self.fill)
 
 
 @dataclass(frozen=True)
@@ -315,8 +321,8 @@ def decompose(image: Image.Image, depth, *, layers: LayerCount = 3, thresholds: 
         thresholds: explicit nearness thresholds in (0, 1) (increasing); overrides ``layers``.
         session: a rembg session for matting the boundaries (``matte.new_matte_session``); None = closed-form.
         backend: a backend with ``repaint`` (model mode) repaints the hidden parts; others (or None) fill offline.
-        seed: seed of the repainting (one per layer derived from it).
-        settings: edge width, fill behaviour, repaint prompt.
+        seed: seed of the texture fill or of the repainting (one per layer derived from it).
+        settings: edge width, fill ("texture" or "smooth"), repaint prompt.
         progress: called with (fraction, description).
 
     Returns:
@@ -347,16 +353,18 @@ def decompose(image: Image.Image, depth, *, layers: LayerCount = 3, thresholds: 
 
     t = time.perf_counter()
     report(0.4, "separating colours")
-    colours, visible, filled, depths = _peel(rgb, d, band, alphas, settings)
+    seeds = [_layer_seed(seed, k) for k in range(len(names))]
+    colours, visible, filled, depths = _peel(rgb, d, band, alphas, settings, seeds)
     timings["fill"] = time.perf_counter() - t
     info: dict = {"layers": len(names), "layer_count": "auto" if thresholds is None and check_layer_count(layers) is None
-                  else "given", "thresholds": list(cuts), "fill": "push-pull (offline)"}
+                  else "given", "thresholds": list(cuts), "fill": settings.fill}
+    if settings.fill == "texture":
+        info["seeds"] = {names[k]: seeds[k] for k in range(len(names)) if filled[k].any()}
 
     if backend is not None and callable(getattr(backend, "repaint", None)):
         t = time.perf_counter()
         report(0.6, "repainting hidden parts")
         try:
-            seeds = {k: _layer_seed(seed, k) for k in range(len(names))}
             repainted, _ = _repaint(backend, colours, depths, filled, names, seeds, settings, report)
         except ModelUnavailableError as exc:
             notices.append(f"model-mode inpainting unavailable ({exc}); hidden parts filled offline")
@@ -364,7 +372,7 @@ def decompose(image: Image.Image, depth, *, layers: LayerCount = 3, thresholds: 
             for k, image_k in repainted.items():
                 colours[k] = np.where(filled[k][..., None], image_k, colours[k])
             info["fill"] = "repaint"
-            info["repaint_seeds"] = {names[k]: _layer_seed(seed, k) for k in repainted}
+            info["seeds"] = {names[k]: seeds[k] for k in repainted}
         timings["repaint"] = time.perf_counter() - t
     elif backend is not None:
         notices.append(f"backend {getattr(backend, 'name', type(backend).__name__)!r} cannot inpaint; "
@@ -421,7 +429,7 @@ def _layer_alphas(picture: Image.Image, band: np.ndarray, count: int, session, s
     return alphas
 
 
-def _peel(rgb: np.ndarray, d: np.ndarray, band: np.ndarray, alphas, settings: DecomposeSettings):
+def _peel(rgb: np.ndarray, d: np.ndarray, band: np.ndarray, alphas, settings: DecomposeSettings, seeds):
     """Front to back: each layer's colour and what is behind it, exact where seen, filled where hidden.
 
     Returns (colours, visible, filled, depths), lists back to front.
@@ -431,6 +439,7 @@ def _peel(rgb: np.ndarray, d: np.ndarray, band: np.ndarray, alphas, settings: De
     behind = rgb.copy()                    # what the layers from here back show, where it is seen
     seen = np.ones((h, w), np.float32)     # how much of that shows through the nearer layers
     colours, visible, filled, depths = [None] * count, [None] * count, [None] * count, [None] * count
+    textures = []
     eps = 1.0 / 255.0
     for k in range(count - 1, -1, -1):
         a = alphas[k]
@@ -443,7 +452,18 @@ def _peel(rgb: np.ndarray, d: np.ndarray, band: np.ndarray, alphas, settings: De
         weight = own * seen * _farness(d, own, settings.far_bias)
         if not weight.any():  # a layer nothing of which shows: fill it from whatever is seen
             weight = seen * shown
+        # The smooth fill also estimates the layer's colour on its soft edge, where the split below needs one.
         colour = push_pull(behind, weight)
+        hidden = (a > 0) & ~shown
+        # Completed depth: the band's own depth where seen, filled from its farther pixels elsewhere.
+        depth_weight = (band == k) & shown
+        if not depth_weight.any():
+            depth_weight = own
+        fill_depth = push_pull(d, depth_weight * _farness(d, depth_weight, settings.far_bias))
+        depths[k] = np.where(depth_weight, d, fill_depth).astype(np.float32)
+        if settings.fill == "texture" and hidden.any():
+            # Only hidden pixels change, which the split below never reads: the fills can run afterwards.
+            textures.append((k, behind, own, seen, a, hidden, depths[k]))
         if k > 0:
             clear = (a <= eps) & shown
             back = push_pull(behind, clear * seen) if clear.any() else colour
@@ -468,16 +488,38 @@ def _peel(rgb: np.ndarray, d: np.ndarray, band: np.ndarray, alphas, settings: De
             new_behind = behind
         colours[k] = layer_colour.astype(np.float32)
         visible[k] = (a * seen).astype(np.float32)
-        filled[k] = (a > 0) & ~shown
-        # Completed depth: the band's own depth where seen, filled from its farther pixels elsewhere.
-        depth_weight = (band == k) & shown
-        if not depth_weight.any():
-            depth_weight = own
-        fill_depth = push_pull(d, depth_weight * _farness(d, depth_weight, settings.far_bias))
-        depths[k] = np.where(depth_weight, d, fill_depth).astype(np.float32)
+        filled[k] = hidden
         behind = new_behind
         seen = seen * (1.0 - a)
+    for k, textured in _run_textures(textures, seeds):
+        colours[k] = np.where(filled[k][..., None], textured, colours[k])
     return colours, visible, filled, depths
+
+
+def _run_textures(jobs, seeds):
+    """(layer index, texture-filled colour) for each job, the layers side by side on the machine's cores (the
+    fill's kernels release the GIL; each layer has its own seed, so the result does not depend on the order)."""
+    if len(jobs) <= 1:
+        return [(job[0], _texture(*job[1:], seeds[job[0]])) for job in jobs]
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(jobs), os.cpu_count() or 1)) as pool:
+        done = [pool.submit(_texture, *job[1:], seeds[job[0]]) for job in jobs]
+        return [(job[0], f.result()) for job, f in zip(jobs, done)]
+
+
+def _texture(behind, own, seen, alpha, hidden, depth, seed: int) -> np.ndarray:
+    """The layer's colour with its hidden part filled by patches of its wholly seen pixels, at their depth.
+
+    Only pixels of the layer's own that nothing nearer covers at all are copied (a soft edge mixes in the
+    occluder's colour); its soft edge still counts when a patch is compared, so the fill meets it."""
+    eps = 1.0 / 255.0
+    source = own & (seen >= 1.0 - eps)
+    if not source.any():
+        source = own
+    known = (alpha > 0) & (seen > eps) & ~source & ~hidden
+    return texture_fill(behind, source, hidden, depth=depth, known=known, seed=seed)
 
 
 def _farness(d: np.ndarray, where: np.ndarray, bias: float) -> np.ndarray:
@@ -526,6 +568,58 @@ def hidden_mask(stack: LayerStack, name: str) -> np.ndarray:
     for layer in stack.layers[index + 1:]:
         seen *= 1.0 - layer.alpha
     return (stack.layers[index].alpha > 0) & (seen <= 1.0 / 255.0)
+
+
+def refill_layer(stack: LayerStack, name: str, *, fill: str = "texture", seed: int = 0,
+                 progress: Optional[Progress] = None) -> StackLayer:
+    """Fill the hidden part of one layer again offline; what shows of it stays as it is.
+
+    The layer's own wholly visible pixels are the sources, as when the picture was decomposed; its stored depth
+    is the hidden part's depth.
+
+    Args:
+        stack: a decomposed stack.
+        name: the layer to fill.
+        fill: "texture" (patches of the layer's own pixels, for this seed) or "smooth".
+        seed: the texture fill's seed.
+        progress: called with (fraction, description).
+
+    Returns:
+        The new StackLayer (same alpha, depth and nearness).
+
+    Raises:
+        ValueError: unknown layer or fill, a layer that hides nothing, or one nothing of which shows.
+    """
+    check_fill(fill)
+    if name not in stack.names:
+        raise ValueError(f"no layer named {name!r}; this stack has {', '.join(stack.names)}")
+    hidden = hidden_mask(stack, name)
+    if not hidden.any():
+        raise ValueError(f"nothing hides any part of the {name} layer: there is nothing to fill")
+    report = progress or (lambda fraction, text: None)
+    report(0.1, f"filling {name}")
+    layer = stack[name]
+    index = stack.names.index(name)
+    eps = 1.0 / 255.0
+    seen = np.ones(hidden.shape, np.float32)
+    for nearer in stack.layers[index + 1:]:
+        seen *= 1.0 - nearer.alpha
+    alpha = layer.alpha
+    own = (alpha >= 1.0 - eps) & (seen > eps)
+    if not own.any():
+        own = (alpha > 0) & (seen > eps)
+    if not own.any():
+        raise ValueError(f"nothing of the {name} layer shows: there is nothing to fill it from")
+    colours = np.asarray(layer.rgba.convert("RGB"), dtype=np.float32) / 255.0
+    if fill == "texture":
+        filled = _texture(colours, own, seen, alpha, hidden, layer.depth, int(seed))
+    else:
+        filled = push_pull(colours, own * seen)
+    new = np.where(hidden[..., None], filled, colours)
+    rgba = Image.fromarray(np.clip(new * 255.0 + 0.5, 0, 255).astype(np.uint8), "RGB")
+    rgba.putalpha(layer.rgba.getchannel("A"))
+    report(1.0, f"{name} filled")
+    return StackLayer(name=name, rgba=rgba, depth=layer.depth, nearness=layer.nearness)
 
 
 def repaint_layer(stack: LayerStack, name: str, backend: Any, *, seed: int,

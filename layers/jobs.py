@@ -21,8 +21,8 @@ from .plan import LAYER_NAMES, read_prompt_file
 STATUSES = ("done", "skipped", "failed", "invalid")
 """done: rendered and written now; skipped: its folder was already complete; failed: the job raised (its
 reason is recorded); invalid: the job file's line could not be read as a job."""
-TEXT_KEYS = ("name", "prompt", "seed", "width", "height") + tuple(f"{n}_prompt" for n in LAYER_NAMES)
-PICTURE_KEYS = ("name", "image", "depth", "layers", "seed")
+TEXT_KEYS = ("name", "prompt", "seed", "width", "height", "fill") + tuple(f"{n}_prompt" for n in LAYER_NAMES)
+PICTURE_KEYS = ("name", "image", "depth", "layers", "seed", "fill")
 MAX_NAME_CHARS = 48
 
 
@@ -47,6 +47,9 @@ class Job:
     """Picture job: an optional depth map for it (white = near)."""
     layers: Optional[Union[int, str]] = None
     """Picture job: how many layers to split it into, 2..6 or "auto" (default 3)."""
+    fill: Optional[str] = None
+    """How hidden parts are filled, "texture" or "smooth" (picture jobs, plate-composed text jobs); None = the
+    batch's."""
 
     @property
     def kind(self) -> str:
@@ -108,9 +111,9 @@ def read_jobs(source) -> JobList:
     """Read a job file: a folder of `.txt` prompts, a `.jsonl` file or a `.csv` file (with a header row).
 
     Keys of a text job: prompt (required), seed, width, height, background_prompt, midground_prompt,
-    foreground_prompt, name. Keys of a picture job: image (required), depth, layers, name. Paths are relative
-    to the job file's folder. A line that is not a job (malformed, an unknown key, a bad value, a missing
-    image) becomes an invalid outcome naming its line; the other lines are still jobs.
+    foreground_prompt, fill, name. Keys of a picture job: image (required), depth, layers, seed, fill, name.
+    Paths are relative to the job file's folder. A line that is not a job (malformed, an unknown key, a bad
+    value, a missing image) becomes an invalid outcome naming its line; the other lines are still jobs.
 
     Args:
         source: the folder or file.
@@ -221,6 +224,11 @@ def _job_from_record(record: dict, line: int, base: Path, label: str) -> Job:
     given_name = record.get("name")
     if given_name is not None and not isinstance(given_name, str):
         raise ValueError(f"name must be text, not {given_name!r}")
+    fill = None
+    if "fill" in record:
+        from .fill import check_fill
+
+        fill = check_fill(record["fill"].strip() if isinstance(record["fill"], str) else record["fill"])
     if is_picture:
         image = _existing_file(record["image"], base, "image")
         depth = _existing_file(record["depth"], base, "depth map") if "depth" in record else None
@@ -235,7 +243,7 @@ def _job_from_record(record: dict, line: int, base: Path, label: str) -> Job:
                 raise ValueError(f"layers {layers} is out of range {MIN_LAYERS}..{MAX_LAYERS} (or auto)")
         name = job_name(given_name or Path(image).stem)
         return Job(name=name, line=line, image=image, depth=depth, layers=layers,
-                   seed=_int(record.get("seed", 0), "seed"))
+                   seed=_int(record.get("seed", 0), "seed"), fill=fill)
 
     from .plan import check_prompt
 
@@ -249,7 +257,7 @@ def _job_from_record(record: dict, line: int, base: Path, label: str) -> Job:
     # Planning is pure and takes milliseconds: every value is checked here, not halfway through the batch.
     planned(prompt, seed, width, height, overrides)
     return Job(name=job_name(given_name or label or prompt), line=line, prompt=prompt, seed=seed, width=width,
-               height=height, overrides=overrides)
+               height=height, overrides=overrides, fill=fill)
 
 
 _PLANNED: dict[bytes, tuple] = {}

@@ -30,6 +30,7 @@ from .depth import DepthSettings, LayerDepth, build_depth_maps
 from .depthpair import depth_pair_files
 from .export import (export_ora, export_psd, export_zip, load_depth_png16, package_versions, png_encodings_kept,
                      save_depth_png16, save_png)
+from .fill import check_fill
 from .gltf import GlbSettings, export_glb
 from .images import PIXEL_LIMIT_VAR, open_image, pixel_limit
 from .manifest import inside, read_manifest
@@ -102,6 +103,9 @@ class GenerateOptions:
     and at least the first. The few-step preset's default is 0.5."""
     depth_model: Optional[str] = None
     """Plate composition: depth estimator of the plate (hub id or folder); None = the default Depth Anything."""
+    fill: str = "texture"
+    """How a layer's colour is completed where nearer layers hide it (a decomposed picture's layers, a plate's
+    background inpaint start): "texture" (patches of the layer's own pixels) or "smooth" (a blend of them)."""
 
     def __post_init__(self):
         object.__setattr__(self, "strengths", tuple(float(s) for s in self.strengths))
@@ -138,7 +142,7 @@ class GenerateOptions:
         """The plate composition's settings."""
         return ComposeSettings(plate_hint=float(self.plate_hint), layer_denoise=float(self.layer_denoise),
                                harmonize=float(self.harmonize), fill_denoise=float(self.fill_denoise),
-                               control_end=float(self.control_end))
+                               control_end=float(self.control_end), fill=self.fill)
 
     @classmethod
     def for_backend(cls, backend, **given) -> "GenerateOptions":
@@ -355,8 +359,13 @@ def _build_plate_stack(plan: ScenePlan, backend: Backend, estimator, options: Ge
 
 
 def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed: Optional[int] = None,
-                     prompt: Optional[str] = None, progress: Optional[Progress] = None) -> StackResult:
+                     prompt: Optional[str] = None, fill: Optional[str] = None,
+                     progress: Optional[Progress] = None) -> StackResult:
     """Re-render one layer with a new seed and/or prompt; every other layer stays exactly as it was.
+
+    A layer of a decomposed picture has its hidden part filled again: repainted by a backend that can inpaint,
+    else (or when ``fill`` is given) by the offline fill, the stack's own (``options.fill``) unless ``fill``
+    says otherwise. A plate-composed stack cuts its plate with ``fill`` (default: its own) again.
 
     Args:
         result: the stack to change.
@@ -364,6 +373,7 @@ def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed:
         backend: the renderer.
         seed: the layer's new seed; None with no prompt derives a fresh one from the old seed.
         prompt: the layer's new prompt text (the shared style is added and the budget applied again).
+        fill: "texture" or "smooth": the offline fill to complete the layer with; None = the stack's own.
         progress: called with (fraction, description).
 
     Returns:
@@ -373,8 +383,15 @@ def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed:
         raise ValueError(f"no layer named {layer!r}; this stack has {', '.join(result.stack.names)}")
     if result.plan is not None:
         check_steps(result.options, backend, plate=result.render_info.get("composition") == "plate")
+    if fill is not None:
+        check_fill(fill)
     if result.plan is None:
-        return _repaint_decomposed(result, layer, backend, seed=seed, prompt=prompt, progress=progress)
+        return _refill_decomposed(result, layer, backend, seed=seed, prompt=prompt, fill=fill, progress=progress)
+    if fill is not None:
+        if result.render_info.get("composition") != "plate" or result.plate is None:
+            raise ValueError("the fill applies to a picture's layers and to a plate's; this stack was rendered "
+                             "on the scaffold, layer by layer, with nothing to fill")
+        result = dataclasses.replace(result, options=dataclasses.replace(result.options, fill=fill))
     report = progress or (lambda fraction, text: None)
     old = result.plan.layer(layer)
     if seed is None and prompt is None:
@@ -407,25 +424,27 @@ def decompose_picture(image: Image.Image, depth, backend: Optional[Backend] = No
         depth: its depth map (H, W), large = near (another size is resized, with a notice).
         backend: a backend that can repaint fills the hidden parts in model mode; None / others fill offline.
         layers: 2..6 or "auto".
-        seed: seed of the repainting.
-        options: export settings (parallax path, frames, per-pixel displacement, matte model).
+        seed: seed of the texture fill or of the repainting (one per layer derived from it).
+        options: export settings (parallax path, frames, per-pixel displacement, matte model) and the offline
+            fill (``options.fill``).
         depth_source: "map" (given by the user) or "reference" (estimated from the picture).
         progress: called with (fraction, description).
 
     Returns:
         A StackResult with no plan; ``render_info["decompose"]`` holds thresholds, fill, seeds and notices.
     """
-    from .decompose import decompose
+    from .decompose import DecomposeSettings, decompose
 
     if depth_source not in DEPTH_SOURCES[1:]:
         raise ValueError(f"depth source of a picture must be 'map' or 'reference', got {depth_source!r}")
     t = time.perf_counter()
     session = _given_matte_session(options)
     split = decompose(image, depth, layers=layers, session=session, backend=backend, seed=seed,
+                      settings=DecomposeSettings(fill=options.fill),
                       progress=(lambda f, text: progress(0.9 * f, text)) if progress else None)
     depths = {layer.name: LayerDepth(name=layer.name, control=layer.depth, prior=split.visible[layer.name],
                                      nearness=layer.nearness) for layer in split.stack}
-    seeds = split.info.get("repaint_seeds", {})
+    seeds = split.info.get("seeds", {})
     info = {"backend": getattr(backend, "name", None) if split.info["fill"] == "repaint" else "offline",
             "decompose": {"seed": seed, "thresholds": list(split.thresholds), "layer_count": split.info["layer_count"],
                           "fill": split.info["fill"], "seeds": seeds, "notices": list(split.notices)}}
@@ -433,10 +452,11 @@ def decompose_picture(image: Image.Image, depth, backend: Optional[Backend] = No
                        depth_source=depth_source, timings={"decompose": time.perf_counter() - t})
 
 
-def _repaint_decomposed(result: StackResult, layer: str, backend: Backend, *, seed: Optional[int],
-                        prompt: Optional[str], progress: Optional[Progress]) -> StackResult:
-    """Repaint the hidden part of one layer of a decomposed picture; every other layer stays exactly as it was."""
-    from .decompose import repaint_layer
+def _refill_decomposed(result: StackResult, layer: str, backend: Backend, *, seed: Optional[int],
+                       prompt: Optional[str], fill: Optional[str], progress: Optional[Progress]) -> StackResult:
+    """Fill the hidden part of one layer of a decomposed picture again (repainted, or offline); every other layer
+    stays exactly as it was."""
+    from .decompose import refill_layer, repaint_layer
 
     if prompt is not None:
         raise ValueError("a layer of a decomposed picture has no prompt to change; give --seed only")
@@ -445,13 +465,21 @@ def _repaint_decomposed(result: StackResult, layer: str, backend: Backend, *, se
     if seed is None:
         seed = (int(seeds.get(layer, split.get("seed", 0))) * 1_103_515_245 + 12_345) % 2**31
     t = time.perf_counter()
-    new_layer, info = repaint_layer(result.stack, layer, backend, seed=seed,
-                                    progress=(lambda f, text: progress(0.9 * f, text)) if progress else None)
+    report = (lambda f, text: progress(0.9 * f, text)) if progress else None
+    if fill is None and callable(getattr(backend, "repaint", None)):
+        new_layer, info = repaint_layer(result.stack, layer, backend, seed=seed, progress=report)
+        entry = {"layer": layer, "seed": seed, "backend": info.get("backend")}
+    else:
+        if fill is None and result.options.fill == "smooth":
+            raise ValueError(f"the {layer} layer was filled smoothly, which has no seed to change: refill it with "
+                             f"texture (--fill texture) or repaint it in model mode (--backend diffusers)")
+        fill = fill or result.options.fill
+        new_layer = refill_layer(result.stack, layer, fill=fill, seed=seed, progress=report)
+        entry = {"layer": layer, "seed": seed, "fill": fill, "backend": "offline"}
     seeds[layer] = seed
     split["seeds"] = seeds
     render_info = dict(result.render_info, decompose=split)
-    render_info["regenerated"] = list(render_info.get("regenerated", [])) + [
-        {"layer": layer, "seed": seed, "backend": info.get("backend")}]
+    render_info["regenerated"] = list(render_info.get("regenerated", [])) + [entry]
     return StackResult(plan=None, depths=result.depths, stack=result.stack.replace(new_layer), render_info=render_info,
                        options=result.options, depth_source=result.depth_source,
                        timings={"regenerate": time.perf_counter() - t})
@@ -762,7 +790,8 @@ def load_result(out_dir) -> StackResult:
     manifest = checked.data
     try:
         plan = ScenePlan.from_dict(manifest["plan"]) if manifest.get("plan") is not None else None
-        options = GenerateOptions(**manifest["options"])
+        # A manifest from before the texture fill: its layers were completed smoothly, and stay so when regenerated.
+        options = GenerateOptions(**{"fill": "smooth", **manifest["options"]})
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"{out} manifest does not describe a stack: {type(exc).__name__}: {exc}"[:300]) from None
     # A picture's stack has no plan; check_manifest made sure its manifest gives the size instead.

@@ -303,7 +303,7 @@ class Studio:
     def generate(self, prompt: str, *, seed: int = 0, width: Optional[int] = None, height: Optional[int] = None,
                  options: Optional[GenerateOptions] = None, depth_source: str = "scaffold",
                  reference=None, depth_map=None, overrides: Optional[Mapping[str, str]] = None,
-                 progress: Optional[Progress] = None) -> Run:
+                 fill: Optional[str] = None, progress: Optional[Progress] = None) -> Run:
         """Render a scene into a new folder of its own.
 
         Args:
@@ -315,6 +315,8 @@ class Studio:
             reference: path of an uploaded reference image (used when depth_source is "reference").
             depth_map: path of an uploaded depth map, white = near (used when depth_source is "map").
             overrides: layer name -> the layer's own prompt text.
+            fill: "texture" or "smooth", replacing ``options.fill`` (the plate's layers completed behind the
+                nearer ones); None = the options' own.
             progress: called with (fraction, description).
 
         Returns:
@@ -326,6 +328,8 @@ class Studio:
         t0 = time.perf_counter()
         check_prompt(prompt)
         options = options if options is not None else self.options()
+        if fill is not None:
+            options = dataclasses.replace(options, fill=fill)
         if depth_source not in DEPTH_SOURCES:
             raise ValueError(f"unknown depth source {depth_source!r}; choose one of {', '.join(DEPTH_SOURCES)}")
         width, height = _size(width, height)
@@ -351,7 +355,7 @@ class Studio:
         return self._finish(run_id, folder, result, progress, t0)
 
     def decompose(self, image, *, depth_map=None, layers="3", seed: int = 0, unknown_zero: bool = False,
-                  options: GenerateOptions = GenerateOptions(displacement=1.0),
+                  options: GenerateOptions = GenerateOptions(displacement=1.0), fill: Optional[str] = None,
                   progress: Optional[Progress] = None) -> Run:
         """Split an uploaded picture into depth layers (filled behind) in a new folder of its own.
 
@@ -361,7 +365,9 @@ class Studio:
             layers: "2".."6" or "auto".
             unknown_zero: 0 in the depth map means unknown (filled from the nearest known depth), not far.
             seed: seed of model-mode inpainting.
-            options: export settings (parallax path, per-pixel displacement).
+            options: export settings (parallax path, per-pixel displacement) and the fill.
+            fill: "texture" or "smooth", replacing ``options.fill``: how hidden parts are filled offline (model
+                mode: the inpaint's start and fallback); None = the options' own.
             progress: called with (fraction, description).
 
         Returns:
@@ -378,6 +384,8 @@ class Studio:
         if not image:
             raise ValueError("upload a picture to decompose")
         count = check_layer_count(layers)
+        if fill is not None:
+            options = dataclasses.replace(options, fill=fill)
         picture = check_picture(open_image(image, max_pixels=self.limits.max_upload_pixels, what="image"))
         # Worked on at a bounded size, whatever the fill: memory grows with the pixels at every step.
         full, budget = picture.size, self.limits.max_work_pixels

@@ -217,6 +217,25 @@ def test_local_batch_of_text_and_picture_jobs_and_a_failure_does_not_stop_it(tmp
         assert fg.getpixel((140, 100))[3] == 255 and fg.getpixel((60, 60))[3] == 0
 
 
+def test_the_fill_of_picture_jobs_is_the_batchs_or_the_jobs_own(tmp_path):
+    write_picture(tmp_path)
+    jobs = write_jsonl(tmp_path / "jobs.jsonl", [
+        {"image": "scene.png", "depth": "scene_depth.png", "name": "own", "fill": "texture"},
+        {"image": "scene.png", "depth": "scene_depth.png", "name": "batch"},
+        {"image": "scene.png", "fill": "blurry"},
+    ])
+    listed = read_jobs(jobs)
+    assert [(j.name, j.fill) for j in listed.jobs] == [("own", "texture"), ("batch", None)]
+    assert "unknown fill 'blurry'" in listed.invalid[0].reason
+    with pytest.raises(ValueError, match="unknown fill"):
+        BatchSettings(backend="draft", options={"fill": "blurry"})
+    assert main(["batch", str(jobs), "--out", str(tmp_path / "out"), "--backend", "draft", "--no-video",
+                 "--fill", "smooth"]) == 1  # the third line is invalid; the others are made
+    for name, fill in (("own", "texture"), ("batch", "smooth")):
+        manifest = json.loads((tmp_path / "out" / name / "manifest.json").read_text())
+        assert manifest["options"]["fill"] == fill and manifest["render"]["decompose"]["fill"] == fill, name
+
+
 def test_incomplete_folders_are_recognised_and_redone(tmp_path):
     jobs = write_jsonl(tmp_path / "jobs.jsonl", text_jobs(3))
     out = tmp_path / "out"

@@ -245,6 +245,36 @@ def test_the_manifest_records_how_the_stack_was_composed(plated, tmp_path, tiny_
     assert render["layer_denoise"] == 0.55 and render["matte_model"] == "closed-form"
     assert render["harmonize"]["strength"] == 0.25
     assert manifest["options"]["composition"] == "plate"
+    assert manifest["options"]["fill"] == "texture" == render["compose_settings"]["fill"] == render["decompose"]["fill"]
+
+
+def test_the_background_inpaint_starts_from_the_chosen_fill():
+    """The plate cut into layers with each fill (no model needed): the background's inpaint request starts from
+    patches of the background's own texture, or from its smooth blend."""
+    from layers.compose import ComposeSettings, _cut, _layer_request
+    from layers.plan import plan_scene
+
+    plan = plan_scene(PROMPT, 5, width=W, height=H)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:H, 0:W]
+    plate = (96 + 96 * ((x // 4 + y // 4) % 2)[..., None] + rng.integers(0, 32, (H, W, 3))).astype(np.uint8)
+    depth = np.where((x - 48) ** 2 + (y - 64) ** 2 < 24 ** 2, 0.9, np.where(y > 100, 0.5, 0.1)).astype(np.float32)
+    starts = {}
+    for fill in ("texture", "smooth"):
+        settings = ComposeSettings(fill=fill, fill_denoise=0.75)
+        parts = _cut(Image.fromarray(plate), depth, plan, settings)
+        assert parts.info["fill"] == fill
+        request = _layer_request(plan, parts, "background", 0.6, settings)
+        hidden = parts.filled["background"]
+        assert request.mask is not None and request.denoise == 0.75
+        start = np.asarray(request.image, np.float32)
+        assert np.array_equal(start, np.asarray(parts.stack["background"].rgba.convert("RGB"), np.float32))
+        gy, gx = np.gradient(start.mean(-1))
+        starts[fill] = float(np.hypot(gx, gy)[hidden].mean())
+    assert starts["texture"] > 3 * starts["smooth"]
+    with pytest.raises(ValueError, match="unknown fill"):
+        GenerateOptions(fill="blurry")
+    assert GenerateOptions(fill="smooth").compose_settings().fill == "smooth"
 
 
 def test_draft_mode_keeps_the_scaffold_and_plate_needs_a_model(tiny_depth_anything_dir):

@@ -64,8 +64,9 @@ def test_hidden_parts_are_filled_with_colour_and_farther_depth(motorcycle_layers
     assert np.allclose(total, 1.0, atol=2e-2)
 
 
-def test_no_colour_from_the_occluder_in_the_fill():
-    """A pure red disc in front of a green/blue textured wall: the wall's fill behind it holds no red."""
+@pytest.fixture(scope="module")
+def red_disc():
+    """A pure red disc in front of a green/blue textured wall: (picture, depth, disc mask, the wall itself)."""
     rng = np.random.default_rng(0)
     h, w = 120, 160
     yy, xx = np.mgrid[0:h, 0:w]
@@ -77,7 +78,15 @@ def test_no_colour_from_the_occluder_in_the_fill():
     rgb[disc] = (0.95, 0.05, 0.05)
     img = Image.fromarray(np.clip(rgb * 255, 0, 255).astype(np.uint8), "RGB")
     depth = np.where(disc, 0.9, 0.1 + 0.1 * xx / w).astype(np.float32)
-    result = decompose(img, depth, layers=2)
+    return img, depth, disc, np.clip(wall, 0, 1)
+
+
+@pytest.mark.parametrize("fill", ["texture", "smooth"])
+def test_no_colour_from_the_occluder_in_the_fill(red_disc, fill):
+    """The wall's fill behind the red disc holds no red, whichever fill completes it."""
+    img, depth, disc, _ = red_disc
+    result = decompose(img, depth, layers=2, settings=DecomposeSettings(fill=fill))
+    assert result.info["fill"] == fill
     bg = np.asarray(result.stack["background"].rgba.convert("RGB"), np.float32) / 255.0
     hidden = result.filled["background"]
     assert hidden.sum() > 0.8 * disc.sum()
@@ -85,6 +94,32 @@ def test_no_colour_from_the_occluder_in_the_fill():
     assert redness[hidden].max() < 0.05, "the occluder's red leaked into the background fill"
     assert redness[~disc].max() < 0.05  # no red halo around the disc either
     assert result.stack["background"].depth[hidden].max() < 0.25
+
+
+def test_the_texture_fill_continues_the_walls_texture_where_the_smooth_fill_blurs_it(red_disc):
+    from scipy import ndimage
+
+    img, depth, disc, wall = red_disc
+    inside = ndimage.binary_erosion(disc, iterations=4)
+
+    def detail(result):
+        rgb = np.asarray(result.stack["background"].rgba.convert("RGB"), np.float32) / 255.0
+        gy, gx = np.gradient(rgb.mean(-1))
+        return float(np.hypot(gx, gy)[inside].mean())
+
+    gy, gx = np.gradient(wall.mean(-1))
+    truth = float(np.hypot(gx, gy)[inside].mean())
+    textured = decompose(img, depth, layers=2, seed=7)
+    smooth = decompose(img, depth, layers=2, settings=DecomposeSettings(fill="smooth"))
+    assert detail(textured) / truth > 0.5 > 0.4 > detail(smooth) / truth
+    assert detail(textured) > 1.6 * detail(smooth)
+    # Deterministic for a seed (one per layer, recorded); another seed, another fill of the same hidden part.
+    assert textured.info["seeds"] == {"background": textured.info["seeds"]["background"]}
+    again = decompose(img, depth, layers=2, seed=7)
+    assert np.array_equal(np.asarray(again.stack["background"].rgba), np.asarray(textured.stack["background"].rgba))
+    other = decompose(img, depth, layers=2, seed=8)
+    changed = np.any(np.asarray(other.stack["background"].rgba) != np.asarray(textured.stack["background"].rgba), -1)
+    assert changed.any() and not changed[~textured.filled["background"]].any()
 
 
 @pytest.mark.parametrize("count", [2, 4, 6])
@@ -228,7 +263,7 @@ def test_unavailable_inpainting_falls_back_to_the_offline_fill_with_a_notice(mot
     img, disp = motorcycle
     result = decompose(img, disp, backend=UnavailableRepainter())
     assert any("filled offline" in n for n in result.notices)
-    assert result.info["fill"].startswith("push-pull")
+    assert result.info["fill"] == "texture"  # the offline default
     assert np.array_equal(np.asarray(result.stack["background"].rgba),
                           np.asarray(motorcycle_layers.stack["background"].rgba))
 
@@ -238,6 +273,8 @@ def test_settings_are_range_checked():
         DecomposeSettings(reach=0)
     with pytest.raises(ValueError, match="band"):
         DecomposeSettings(band=0.5)
+    with pytest.raises(ValueError, match="unknown fill 'blur'"):
+        DecomposeSettings(fill="blur")
 
 
 def test_round_trip_holds_with_a_rembg_session(motorcycle, tmp_path, monkeypatch):

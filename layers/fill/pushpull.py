@@ -1,4 +1,4 @@
-"""Filling unknown pixels from known ones: a weighted multi-scale push-pull (vectorised, no loop over pixels).
+"""A smooth fill of unknown pixels from known ones: a weighted multi-scale push-pull (vectorised, no loop over pixels).
 
 Push: the known values, each with a confidence weight, are averaged 2x2 -> 1 level by level (weights summed,
 values weight-averaged) until every cell of the coarsest level holds something. Pull: from the coarsest level
