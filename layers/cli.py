@@ -32,7 +32,8 @@ class _BadInput(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     from .backends import BACKEND_CHOICES
-    from .backends.diffusers import DECODERS
+    from .backends.auto import CPU_PRESET
+    from .backends.diffusers import DECODERS, PRESETS
     from .executors import EXECUTORS
     from .fill import FILLS
     from .parallax import CAMERA_PATHS
@@ -56,14 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     def backend_args(p, default):
         p.add_argument("--backend", choices=BACKEND_CHOICES, default=default,
                        help="auto = diffusers with a GPU or weights already downloaded, else draft "
-                            "(default %(default)s); diffusers without a GPU defaults to --model lcm-sd15")
-        p.add_argument("--model", help="diffusers preset (sd15, sdxl, ...), hub id or local pipeline folder")
+                            f"(default %(default)s); diffusers without a GPU defaults to --model {CPU_PRESET}")
+        p.add_argument("--model", help=f"diffusers preset ({', '.join(PRESETS)}), hub id or local pipeline folder")
         p.add_argument("--controlnet", help="depth ControlNet hub id or local folder")
         p.add_argument("--device", help="diffusers device: cuda, cuda:1, cpu (default: cuda when there)")
         p.add_argument("--dtype", choices=("float16", "bfloat16", "float32"), help="diffusers weights dtype")
         p.add_argument("--decoder", choices=DECODERS,
                        help="latents to pictures: full = the model's VAE, tiny = TAESD (default: tiny for the CPU "
-                            "preset, full otherwise)")
+                            "presets, full otherwise)")
 
     def fill_arg(p, what, default="texture"):
         p.add_argument("--fill", choices=FILLS, default=None,

@@ -113,6 +113,20 @@ def _normalise(raw: np.ndarray, size: tuple[int, int], near_is_high: bool) -> np
     return np.clip(depth, 0.0, 1.0).astype(np.float32)
 
 
+def _depth_network(auto_class):
+    """auto_class.from_pretrained, with its look-up of a PEFT adapter kept to the load's own cache and offline flag.
+
+    Where peft is installed (diffusers' LoRA loading needs it), transformers' Auto classes ask the hub for a hub id's
+    adapter_config.json without the load's local_files_only and cache_dir: a cached model would wait on the network
+    (retrying for half a minute where there is none)."""
+    def load(location, *, local_files_only: bool, **kwargs):
+        adapter = {"local_files_only": local_files_only, "cache_dir": kwargs.get("cache_dir")}
+        return auto_class.from_pretrained(location, local_files_only=local_files_only, adapter_kwargs=adapter,
+                                          **kwargs)
+
+    return load
+
+
 def _transformers_estimator(model: str, device: str, local_only: bool):
     """The depth-estimation pipeline for `model` on `device`, loaded once; and whether larger = nearer."""
     key = ("transformers", model, device)
@@ -122,7 +136,7 @@ def _transformers_estimator(model: str, device: str, local_only: bool):
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation, pipeline
 
         src = parse_model_source(model, "depth model")
-        net = load_pretrained(AutoModelForDepthEstimation.from_pretrained, src, "depth model", local_only)
+        net = load_pretrained(_depth_network(AutoModelForDepthEstimation), src, "depth model", local_only)
         # The PIL processors need no torchvision (absent or broken on CPU-only installs) and, for one image,
         # cost nothing next to the network.
         processor = load_pretrained(AutoImageProcessor.from_pretrained, src, "depth model", local_only, backend="pil")

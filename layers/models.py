@@ -56,10 +56,13 @@ class ModelSource:
     location: str
     subfolder: Optional[str]
     is_folder: bool
+    file: Optional[str] = None
+    """One file of a hub repo (a LoRA's safetensors) rather than a model saved with save_pretrained."""
 
     @property
     def label(self) -> str:
-        return self.location if not self.subfolder else f"{self.location}/{self.subfolder}"
+        label = self.location if not self.subfolder else f"{self.location}/{self.subfolder}"
+        return f"{label}/{self.file}" if self.file else label
 
 
 def parse_model_source(text: str, what: str) -> ModelSource:
@@ -201,7 +204,7 @@ def cached_files(src: ModelSource, *, pipeline: bool, without: tuple[str, ...] =
     Args:
         src: the model.
         pipeline: a diffusers pipeline (model_index.json, each component's config and weights in a subfolder),
-            else one model (config.json and its weights).
+            else one model (config.json and its weights); a source with a `file` is that one file.
         without: pipeline components that will be loaded from elsewhere (e.g. "vae" under a tiny decoder).
 
     Returns:
@@ -211,6 +214,8 @@ def cached_files(src: ModelSource, *, pipeline: bool, without: tuple[str, ...] =
         return True
     from huggingface_hub import try_to_load_from_cache
 
+    if src.file:
+        return isinstance(try_to_load_from_cache(src.location, src.file, cache_dir=hub_cache()), str)
     name = "model_index.json" if pipeline else "config.json"
     found = try_to_load_from_cache(src.location, f"{src.subfolder}/{name}" if src.subfolder else name,
                                    cache_dir=hub_cache())
@@ -242,6 +247,10 @@ def unavailable_message(src: ModelSource, what: str, offline: bool, exc: Optiona
         where = f"not in the local Hugging Face cache and the hub {hub_endpoint()} cannot be reached ({unreachable})"
     else:
         where = "not in the local Hugging Face cache and could not be downloaded"
+    if src.file:
+        return (f"{what} {src.label!r} is {where}; fetch it ahead with `hf download {src.location} {src.file}` "
+                f"(`huggingface-cli download {src.location} {src.file}` with huggingface_hub < 1.0) into "
+                f"HF_HOME={_hf_home()}")
     return (f"{what} {src.label!r} is {where}; fetch it ahead with `hf download {src.location} {DOWNLOAD_PATTERNS}` "
             f"(`huggingface-cli download {src.location}` with huggingface_hub < 1.0) into HF_HOME={_hf_home()}, "
             f"or pass a local folder")

@@ -586,7 +586,7 @@ def build_manifest(result: StackResult) -> dict:
         "aspect": plan.aspect if plan is not None else None,
         "backend": result.render_info.get("backend"),
         "models": {k: v for k, v in result.render_info.items() if k in ("model", "controlnet", "family", "preset",
-                                                                               "decoder", "decoder_model")},
+                                                                               "lora", "decoder", "decoder_model")},
         "render": result.render_info,
         "depth_source": result.depth_source,
         "composition": result.render_info.get("composition", "scaffold"),

@@ -6,6 +6,7 @@ user's `--model DIR` / `--depth-model DIR` is loaded. Each is built only when a 
 from __future__ import annotations
 
 import os
+import socket
 
 import pytest
 
@@ -102,3 +103,64 @@ def sdxl(tiny_sdxl_dir):
     from layers.backends.diffusers import DiffusersBackend
 
     return DiffusersBackend(model=str(tiny_sdxl_dir))
+
+
+# ------------------------------------------------------------------------ the hub, refused or held in a local cache
+
+@pytest.fixture
+def network_calls(monkeypatch):
+    """Every outbound connection and name lookup is refused and recorded."""
+    calls = []
+
+    def refuse(self, address, *a, **k):
+        calls.append(address)
+        raise OSError("network blocked by the test")
+
+    def no_lookup(host, *a, **k):
+        calls.append(host)
+        raise socket.gaierror("name lookup blocked by the test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
+    return calls
+
+
+@pytest.fixture
+def online(monkeypatch, tmp_path):
+    """HF_HUB_OFFLINE unset (for this project's code and for the hub client), an empty HF cache, no GPU."""
+    import huggingface_hub.constants as hub_constants
+
+    from layers.backends import auto
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_TELEMETRY", hub_constants.HF_HUB_DISABLE_TELEMETRY)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setattr(auto, "accelerator", lambda: None)
+    return tmp_path / "hf_home"
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_lora(tiny_models_root, tiny_sd15_dir):
+    """A random LoRA for the tiny SD1.5 UNet in the hub's few-step LoRA format (tiny_models.build_lora)."""
+    from tiny_models import build_lora
+
+    return build_lora(tiny_sd15_dir, tiny_models_root / "sd15_lora" / "lora.safetensors")
+
+
+@pytest.fixture
+def cached_cpu_preset(online, tiny_sd15_dir, tiny_sd15_lora, tiny_taesd_dir):
+    """Everything the CPU preset (hyper-sd15) downloads, in the HF cache under its ids: the tiny SD1.5 pipeline as
+    the base model, its ControlNet, the tiny LoRA under the preset's LoRA file name, and the tiny decoder."""
+    from layers.backends.auto import CPU_PRESET
+    from layers.backends.diffusers import PRESETS, TINY_DECODERS
+    from tiny_models import put_file_in_hub_cache, put_in_hub_cache
+
+    preset = PRESETS[CPU_PRESET]
+    put_in_hub_cache(online, preset.model, tiny_sd15_dir)
+    put_in_hub_cache(online, preset.controlnet, tiny_sd15_dir / "controlnet")
+    put_file_in_hub_cache(online, preset.lora.repo, preset.lora.file, tiny_sd15_lora)
+    put_in_hub_cache(online, TINY_DECODERS["sd15"], tiny_taesd_dir)
+    return online

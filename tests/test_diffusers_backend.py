@@ -451,9 +451,18 @@ def test_presets_name_the_published_models():
     assert PRESETS["sdxl"].controlnet == "diffusers/controlnet-depth-sdxl-1.0"
     fast = PRESETS["lcm-sd15"]
     assert fast.steps <= 8 and fast.controlnet == PRESETS["sd15"].controlnet
+    # the few-step LoRAs on the same bases and depth ControlNets, with their model cards' files and sampling
+    hyper, lightning = PRESETS["hyper-sd15"], PRESETS["lightning-sdxl"]
+    assert (hyper.model, hyper.controlnet) == (PRESETS["sd15"].model, PRESETS["sd15"].controlnet)
+    assert (hyper.lora.repo, hyper.lora.file) == ("ByteDance/Hyper-SD", "Hyper-SD15-1step-lora.safetensors")
+    assert (hyper.scheduler, hyper.steps, hyper.guidance, hyper.eta) == ("tcd", 1, 0.0, 1.0)
+    assert (lightning.model, lightning.controlnet) == (PRESETS["sdxl"].model, PRESETS["sdxl"].controlnet)
+    assert (lightning.lora.repo, lightning.lora.file) == ("ByteDance/SDXL-Lightning",
+                                                          "sdxl_lightning_4step_lora.safetensors")
+    assert (lightning.scheduler, lightning.steps, lightning.guidance) == ("euler_trailing", 4, 0.0)
 
 
-@pytest.mark.parametrize("model", ["nobody/no-such-model", "sd15", "sdxl", "lcm-sd15"])
+@pytest.mark.parametrize("model", ["nobody/no-such-model", "sd15", "sdxl", "lcm-sd15", "hyper-sd15", "lightning-sdxl"])
 def test_unreachable_weights_give_one_line_naming_the_id_and_how_to_fetch_it(model, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelUnavailableError) as err:

@@ -269,8 +269,8 @@ def test_once_downloaded_hf_hub_offline_loads_from_the_cache_without_a_request(h
     assert len(hub.requests) == asked
 
 
-def test_a_first_cpu_run_says_what_it_downloads_then_renders_with_it(hub, tmp_path, tiny_lcm_dir, monkeypatch,
-                                                                     capsys):
+def test_a_first_cpu_run_says_what_it_downloads_then_renders_with_it(hub, tmp_path, tiny_sd15_dir, tiny_sd15_lora,
+                                                                     monkeypatch, capsys):
     """`generate --backend diffusers` on a CPU with the preset's pipeline cached but not its tiny decoder: the
     terminal names the download (one line, then the hub client's bars), and the stack decodes with it."""
     import json
@@ -279,12 +279,14 @@ def test_a_first_cpu_run_says_what_it_downloads_then_renders_with_it(hub, tmp_pa
     from layers.backends.auto import CPU_PRESET
     from layers.backends.diffusers import PRESETS
     from layers.cli import main
-    from tiny_models import put_in_hub_cache
+    from tiny_models import put_file_in_hub_cache, put_in_hub_cache
 
     monkeypatch.setattr(auto, "accelerator", lambda: None)
     hf_home = tmp_path / "hf_home"
-    put_in_hub_cache(hf_home, PRESETS[CPU_PRESET].model, tiny_lcm_dir)
-    put_in_hub_cache(hf_home, PRESETS[CPU_PRESET].controlnet, tiny_lcm_dir / "controlnet")
+    preset = PRESETS[CPU_PRESET]
+    put_in_hub_cache(hf_home, preset.model, tiny_sd15_dir)
+    put_in_hub_cache(hf_home, preset.controlnet, tiny_sd15_dir / "controlnet")
+    put_file_in_hub_cache(hf_home, preset.lora.repo, preset.lora.file, tiny_sd15_lora)
     # the scaffold composition: the plate's estimator is another download, which this hub does not serve
     code = main(["generate", "--prompt", "a quiet harbour, a lighthouse, rocks", "--backend", "diffusers",
                  "--composition", "scaffold", "--width", "64", "--height", "96", "--no-video", "--formats", "zip",
@@ -294,6 +296,6 @@ def test_a_first_cpu_run_says_what_it_downloads_then_renders_with_it(hub, tmp_pa
     said = [line for line in err.splitlines() if line.startswith("layercake: downloading")]
     assert said == [f"layercake: downloading tiny decoder {REPO} from {hub.url} into {hf_home / 'hub'} "
                     "(once; a dropped connection resumes)"]
-    assert hub.gets(WEIGHTS) == [None]  # the pipeline and ControlNet came from the cache: only TAESD was fetched
+    assert hub.gets(WEIGHTS) == [None]  # the pipeline, ControlNet and LoRA came from the cache: only TAESD was fetched
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["models"]["decoder"] == "tiny"

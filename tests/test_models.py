@@ -21,39 +21,6 @@ from tiny_models import REVISION, put_in_hub_cache
 
 
 
-@pytest.fixture
-def network_calls(monkeypatch):
-    """Every outbound connection and name lookup is refused and recorded."""
-    calls = []
-
-    def refuse(self, address, *a, **k):
-        calls.append(address)
-        raise OSError("network blocked by the test")
-
-    def no_lookup(host, *a, **k):
-        calls.append(host)
-        raise socket.gaierror("name lookup blocked by the test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
-    return calls
-
-
-@pytest.fixture
-def online(monkeypatch, tmp_path):
-    """HF_HUB_OFFLINE unset (for this project's code and for the hub client), an empty HF cache, no GPU."""
-    import huggingface_hub.constants as hub_constants
-
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_TELEMETRY", hub_constants.HF_HUB_DISABLE_TELEMETRY)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setattr(auto, "accelerator", lambda: None)
-    return tmp_path / "hf_home"
-
-
 def closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -66,15 +33,15 @@ def cached_snapshot(hf_home, repo_id: str):
 
 @pytest.fixture
 def cached_lcm_only(online, tiny_lcm_dir):
-    """The tiny few-step pipeline in the HF cache under the lcm-sd15 preset's ids (model and ControlNet)."""
-    put_in_hub_cache(online, PRESETS[CPU_PRESET].model, tiny_lcm_dir)
-    put_in_hub_cache(online, PRESETS[CPU_PRESET].controlnet, tiny_lcm_dir / "controlnet")
+    """The tiny LCM pipeline in the HF cache under the lcm-sd15 preset's ids (model and ControlNet)."""
+    put_in_hub_cache(online, PRESETS["lcm-sd15"].model, tiny_lcm_dir)
+    put_in_hub_cache(online, PRESETS["lcm-sd15"].controlnet, tiny_lcm_dir / "controlnet")
     return online
 
 
 @pytest.fixture
 def cached_lcm(cached_lcm_only, tiny_taesd_dir):
-    """All the CPU preset downloads: the pipeline, its ControlNet and the tiny decoder."""
+    """All the lcm-sd15 preset downloads on a CPU: the pipeline, its ControlNet and the tiny decoder."""
     put_in_hub_cache(cached_lcm_only, TINY_DECODERS["sd15"], tiny_taesd_dir)
     return cached_lcm_only
 
@@ -88,28 +55,39 @@ def test_auto_without_accelerator_or_weights_is_draft_at_once_with_how_to_opt_in
     assert f"about {CPU_PRESET_DOWNLOAD_GB:g} GB" in notice and f"about {CPU_STACK_SECONDS} s" in notice
 
 
-def test_auto_with_the_weights_in_the_hub_cache_loads_the_model_without_the_network(cached_lcm, network_calls):
+def test_auto_with_the_weights_in_the_hub_cache_loads_the_model_without_the_network(cached_cpu_preset,
+                                                                                   network_calls):
     backend, notice = resolve_backend("auto")
     assert backend.name == "diffusers" and notice is None
     assert backend.model_info["preset"] == CPU_PRESET and backend.few_step
+    assert backend.model_info["lora"] == PRESETS[CPU_PRESET].lora.info()
     assert backend.model_info["preset_chosen"] == "found in the local cache"
     assert backend.model_info["dtype"] == cpu_dtype()
     assert backend.model_info["decoder"] == "tiny" and type(backend.pipe.vae).__name__ == "AutoencoderTiny"
     assert network_calls == []
 
 
+def test_auto_with_the_earlier_cpu_preset_cached_renders_with_it_offline(cached_lcm, network_calls):
+    """A machine that downloaded lcm-sd15 (the CPU preset before hyper-sd15) keeps rendering with it, offline."""
+    backend, notice = resolve_backend("auto")
+    assert backend.name == "diffusers" and notice is None
+    assert backend.model_info["preset"] == "lcm-sd15" and backend.guidance_embedding
+    assert backend.model_info["decoder"] == "tiny" and backend.model_info["dtype"] == cpu_dtype()
+    assert network_calls == []
+
+
 def test_auto_with_the_preset_cached_but_not_the_tiny_decoder_decodes_with_the_full_vae_offline(cached_lcm_only,
                                                                                                  network_calls):
     backend, notice = resolve_backend("auto")
-    assert backend.name == "diffusers" and notice is None
+    assert backend.name == "diffusers" and notice is None and backend.model_info["preset"] == "lcm-sd15"
     assert backend.model_info["decoder"] == "full" and type(backend.pipe.vae).__name__ == "AutoencoderKL"
     assert network_calls == []
 
 
-def test_under_the_tiny_decoder_the_models_own_vae_is_neither_needed_nor_loaded(cached_lcm, network_calls):
+def test_under_the_tiny_decoder_the_models_own_vae_is_neither_needed_nor_loaded(cached_cpu_preset, network_calls):
     import torch
 
-    shutil.rmtree(cached_snapshot(cached_lcm, PRESETS[CPU_PRESET].model) / "vae")  # never downloaded
+    shutil.rmtree(cached_snapshot(cached_cpu_preset, PRESETS[CPU_PRESET].model) / "vae")  # never downloaded
     backend, _ = resolve_backend("auto")
     assert backend.model_info["decoder"] == "tiny"
     assert backend.model_info["decoder_model"] == TINY_DECODERS["sd15"]
@@ -118,8 +96,8 @@ def test_under_the_tiny_decoder_the_models_own_vae_is_neither_needed_nor_loaded(
     assert network_calls == []
 
 
-def test_auto_with_a_model_half_downloaded_is_draft(online, tiny_lcm_dir, network_calls):
-    put_in_hub_cache(online, PRESETS[CPU_PRESET].model, tiny_lcm_dir)
+def test_auto_with_a_model_half_downloaded_is_draft(online, tiny_sd15_dir, network_calls):
+    put_in_hub_cache(online, PRESETS[CPU_PRESET].model, tiny_sd15_dir)
     (online / "hub" / ("models--" + PRESETS[CPU_PRESET].model.replace("/", "--")) / "snapshots" / REVISION / "unet"
      / "diffusion_pytorch_model.safetensors").unlink()
     backend, notice = resolve_backend("auto")
@@ -154,7 +132,7 @@ def test_a_zero_gpu_space_counts_as_an_accelerator(monkeypatch):
 def test_on_a_cpu_diffusers_defaults_to_the_few_step_preset_and_says_so(online):
     backend_name, options, notice = choose("diffusers", {})
     assert (backend_name, options) == ("diffusers", {"model": CPU_PRESET, "dtype": cpu_dtype(), "decoder": "tiny"})
-    assert f"{CPU_PRESET} preset (4 steps, {cpu_dtype()}, tiny decoder" in notice and "--model sd15" in notice
+    assert f"{CPU_PRESET} preset (1 step, {cpu_dtype()}, tiny decoder" in notice and "--model sd15" in notice
     assert "\n" not in notice and f"about {CPU_STACK_SECONDS} s" in notice and "--decoder full" in notice
     assert choose("diffusers", {"dtype": "float32"})[1]["dtype"] == "float32"
     _, options, notice = choose("diffusers", {"decoder": "full"})
@@ -163,7 +141,7 @@ def test_on_a_cpu_diffusers_defaults_to_the_few_step_preset_and_says_so(online):
     assert choose("diffusers", {"device": "cuda"})[1] == {"device": "cuda"}
 
 
-def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, tmp_path, capsys, monkeypatch,
+def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_cpu_preset, tmp_path, capsys, monkeypatch,
                                                                    tiny_depth_anything_dir):
     """What a CPU user's `generate --backend diffusers` does: the few-step preset, the plate composition (its
     estimator in the cache too) with a seed's whole long prompt, the tiny decoder. The matte model is the offline
@@ -173,7 +151,7 @@ def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, 
 
     from layers import estimate
 
-    put_in_hub_cache(cached_lcm, DEFAULT_DEPTH_MODEL, tiny_depth_anything_dir)
+    put_in_hub_cache(cached_cpu_preset, DEFAULT_DEPTH_MODEL, tiny_depth_anything_dir)
     monkeypatch.setattr(estimate, "_ESTIMATORS", {})  # loaded estimators are kept by id: keep this one to the test
     out = tmp_path / "stack"
     seed = Path(__file__).resolve().parents[1] / "seeds" / "000_masquerade_babel.txt"
@@ -188,7 +166,9 @@ def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, 
     assert manifest["models"]["preset"] == CPU_PRESET
     assert manifest["models"]["model"] == PRESETS[CPU_PRESET].model
     assert manifest["render"]["preset_chosen"] == "cpu default"
-    assert manifest["options"]["steps"] == PRESETS[CPU_PRESET].steps == 4
+    assert manifest["options"]["steps"] == PRESETS[CPU_PRESET].steps == 1
+    assert manifest["models"]["lora"] == {"id": "ByteDance/Hyper-SD", "file": "Hyper-SD15-1step-lora.safetensors",
+                                          "scale": 1.0}
     assert manifest["render"]["dtype"] == cpu_dtype()
     assert (manifest["models"]["decoder"], manifest["models"]["decoder_model"]) == ("tiny", TINY_DECODERS["sd15"])
     with Image.open(out / "composite.png") as im:
@@ -201,7 +181,7 @@ def test_the_cpu_default_preset_renders_and_the_manifest_records_it(cached_lcm, 
     assert manifest["models"]["decoder"] == "full" and manifest["render"]["preset_chosen"] == "cpu default"
 
 
-def test_the_progress_bar_moves_while_the_tiny_decoder_decodes(cached_lcm, monkeypatch):
+def test_the_progress_bar_moves_while_the_tiny_decoder_decodes(cached_cpu_preset, monkeypatch):
     import numpy as np
 
     from layers.backends.base import RenderRequest, RenderSettings, step_text
@@ -212,12 +192,12 @@ def test_the_progress_bar_moves_while_the_tiny_decoder_decodes(cached_lcm, monke
     ramp = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (96, 1))
     calls = []
     backend.render([RenderRequest(name="background", prompt="a harbour", negative_prompt="", control=ramp, prior=ramp, seed=1)],
-                   RenderSettings(width=64, height=96, steps=2, guidance=8.0), progress=lambda *a: calls.append(a))
+                   RenderSettings(width=64, height=96, steps=2, guidance=0.0), progress=lambda *a: calls.append(a))
     decoding = [s for _, s, total in calls if step_text(s, total) == "decoding"]
     assert len(decoding) >= 2 and decoding == sorted(decoding) and all(1 < s < 2 for s in decoding)
 
 
-def test_repainting_encodes_and_decodes_through_the_tiny_decoder(cached_lcm):
+def test_repainting_encodes_and_decodes_through_the_tiny_decoder(cached_cpu_preset):
     """Model-mode compose and decompose start from pixels: the tiny decoder's encoder takes them to latents."""
     import numpy as np
 
@@ -233,7 +213,7 @@ def test_repainting_encodes_and_decodes_through_the_tiny_decoder(cached_lcm):
                                control=ramp, seed=3, mask=mask),
                 RepaintRequest(name="composite", prompt="a harbour", negative_prompt="", image=picture,
                                control=ramp, seed=3, denoise=0.5)]
-    out = backend.repaint(requests, RenderSettings(width=64, height=96, steps=2, guidance=8.0))
+    out = backend.repaint(requests, RenderSettings(width=64, height=96, steps=2, guidance=0.0))
     inpainted, redrawn = (np.asarray(im) for im in out.images)
     assert inpainted.shape == redrawn.shape == (96, 64, 3)
     assert (inpainted[mask == 0] == np.asarray(picture)[mask == 0]).all()  # kept outside the mask
@@ -374,7 +354,7 @@ def test_any_sdxl_model_takes_its_own_tiny_decoder_when_asked(online, tiny_sdxl_
     assert network_calls == []
 
 
-def test_the_studio_takes_the_decoder_from_its_flag_or_the_environment(cached_lcm, monkeypatch, tmp_path):
+def test_the_studio_takes_the_decoder_from_its_flag_or_the_environment(cached_cpu_preset, monkeypatch, tmp_path):
     import app
     from layers.studio import Studio
 

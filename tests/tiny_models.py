@@ -200,7 +200,7 @@ def build_sdxl(out: str | Path) -> Path:
     return out
 
 
-def _rescale_weights(model) -> None:
+def rescale_weights(model) -> None:
     """Re-draw conv/linear weights with variance 1/fan_in so a signal keeps its scale through the network.
 
     With transformers' default init (std 0.02) a random depth model outputs values around 1e-7, where
@@ -241,12 +241,72 @@ def build_depth_anything(out: str | Path, *, metric: bool = False) -> Path:
                               neck_hidden_sizes=[16, 16, 32, 32], fusion_hidden_size=16, head_hidden_size=8,
                               depth_estimation_type="metric" if metric else "relative")
     model = DepthAnythingForDepthEstimation(cfg).eval()
-    _rescale_weights(model)
+    rescale_weights(model)
     proc = DPTImageProcessorPil(size={"height": 28, "width": 28}, keep_aspect_ratio=True, ensure_multiple_of=14,
                                 resample=3, do_pad=False)
     model.save_pretrained(str(out))
     proc.save_pretrained(str(out))
     return out
+
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+"""The UNet layers the tiny LoRAs adapt: every attention projection, the transformer blocks' in/out projections
+(1x1 convolutions in SD1.5, linear layers in SDXL) and feed-forward layers, as the few-step LoRAs do."""
+
+
+def build_lora(pipeline_dir: str | Path, out: str | Path, *, rank: int = 4, alpha: float = 2.0,
+               seed: int = 0) -> Path:
+    """Save a random LoRA for the UNet of the pipeline in `pipeline_dir` as one safetensors file, in the format of
+    the hub's few-step LoRA files (Hyper-SD's, SDXL-Lightning's): kohya-style keys over diffusers' module names,
+    ``lora_unet_<module path with _>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha``. The fused change of a
+    layer's weight is scale * alpha / rank * up @ down (`lora_deltas` reads it back).
+
+    Args:
+        pipeline_dir: a folder written by build_sd15 / build_sdxl.
+        out: the file to write.
+        rank, alpha: the LoRA's rank and alpha (alpha != rank, so the alpha / rank factor shows).
+        seed: for the random factors.
+
+    Returns:
+        The file.
+    """
+    import torch
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(str(Path(pipeline_dir) / "unet"))
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, module in unet.named_modules():
+        if not name.endswith(LORA_TARGETS) or not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        out_features, in_features = module.weight.shape[:2]
+        down = torch.randn(rank, in_features, generator=gen) * 0.2
+        up = torch.randn(out_features, rank, generator=gen) * 0.2
+        if module.weight.ndim == 4:  # a 1x1 convolution: its LoRA factors are 1x1 convolutions too
+            down, up = down[:, :, None, None], up[:, :, None, None]
+        key = "lora_unet_" + name.replace(".", "_")
+        tensors.update({f"{key}.lora_down.weight": down.contiguous(), f"{key}.lora_up.weight": up.contiguous(),
+                        f"{key}.alpha": torch.tensor(float(alpha))})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(out))
+    return out
+
+
+def lora_deltas(lora_file: str | Path, unet, scale: float) -> dict:
+    """{module name of `unet`: the change to its weight that fusing `lora_file` at `scale` makes}, from the math."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(lora_file))
+    names = {"lora_unet_" + name.replace(".", "_"): name for name, _ in unet.named_modules()}
+    deltas = {}
+    for key in {k.split(".")[0] for k in tensors}:
+        down, up = tensors[f"{key}.lora_down.weight"], tensors[f"{key}.lora_up.weight"]
+        rank = down.shape[0]
+        delta = up.flatten(1) @ down.flatten(1) * (float(tensors[f"{key}.alpha"]) / rank) * scale
+        deltas[names[key]] = delta.reshape(unet.get_submodule(names[key]).weight.shape)
+    return deltas
 
 
 REVISION = "0123456789abcdef0123456789abcdef01234567"
@@ -260,6 +320,16 @@ def put_in_hub_cache(hf_home: Path, repo_id: str, folder: Path) -> None:
     shutil.copytree(folder, repo / "snapshots" / REVISION)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text(REVISION)
+
+
+def put_file_in_hub_cache(hf_home: Path, repo_id: str, name: str, file: Path) -> None:
+    """Lay one file out as the hub client caches it, as `name` in repo `repo_id` (a LoRA in its hub repo)."""
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(file, Path(folder) / name)
+        put_in_hub_cache(hf_home, repo_id, Path(folder))
 
 
 def build_taesd(out: str | Path) -> Path:
@@ -302,7 +372,7 @@ def build_dpt(out: str | Path) -> Path:
         fusion_hidden_size=16, head_hidden_size=8,
     )
     model = DPTForDepthEstimation(cfg).eval()
-    _rescale_weights(model)
+    rescale_weights(model)
     with torch.no_grad():  # lift the last conv above the head's final ReLU, or the whole map can be 0
         [c for c in model.head.modules() if isinstance(c, torch.nn.Conv2d)][-1].bias.fill_(2.0)
     proc = DPTImageProcessorPil(size={"height": 32, "width": 32}, keep_aspect_ratio=False, ensure_multiple_of=8,

@@ -5,10 +5,12 @@ how to opt in. The model serves at once when there is an accelerator (CUDA, MPS,
 when its weights are already on this machine. Deciding never touches the network: a laptop with no GPU and an
 empty cache starts in draft mode immediately instead of downloading gigabytes or waiting on hub retries.
 
-Without an accelerator, `--backend diffusers` with no `--model` takes the few-step preset (lcm-sd15, 4 steps),
-in bfloat16 where the CPU computes it natively, decoding with the tiny decoder (TAESD) where the full VAE would
-take a third of the stack's time: 25 steps of the full SD1.5 preset in float32 are many minutes per stack on a
-CPU. `--model sd15` still picks the full preset (float32 and the full VAE unless --dtype / --decoder say otherwise).
+Without an accelerator, `--backend diffusers` with no `--model` takes the few-step preset (hyper-sd15: SD1.5 with
+Hyper-SD's unified LoRA fused in, 1 step of TCD, no classifier-free guidance), in bfloat16 where the CPU computes it
+natively, decoding with the tiny decoder (TAESD) where the full VAE would take a third of the stack's time: 25 steps
+of the full SD1.5 preset in float32 are many minutes per stack on a CPU. The other few-step SD1.5 preset, lcm-sd15
+(4 steps), renders the same way on a CPU. `--model sd15` still picks the full preset (float32 and the full VAE
+unless --dtype / --decoder say otherwise).
 """
 from __future__ import annotations
 
@@ -17,16 +19,20 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..models import cached_files, parse_model_source
+from ..models import ModelSource, cached_files, parse_model_source
 from .base import ModelUnavailableError
 from .diffusers import DEFAULT_PRESET, PRESETS, TINY_DECODERS
 
-CPU_PRESET = "lcm-sd15"
-"""The preset `--backend diffusers` takes without an accelerator (and `auto` looks for in the cache)."""
-CPU_PRESET_DOWNLOAD_GB = 5.4
-"""One-time download of the lcm-sd15 preset with its tiny decoder: 1,346,387,547 float32 parameters (LCM UNet
-859.6M, CLIP-L text encoder 123.1M, SD1.5 depth ControlNet 361.3M, TAESD 2.4M; the model's own VAE is not fetched),
-counted from the published configs by bench/bench_cpu_stack.py, x 4 bytes of safetensors."""
+CPU_PRESET = "hyper-sd15"
+"""The preset `--backend diffusers` takes without an accelerator (and `auto` looks for in the cache first)."""
+CPU_PRESETS = (CPU_PRESET, "lcm-sd15")
+"""The few-step SD1.5 presets, which render on a CPU in its native bfloat16 and decode with the tiny decoder; `auto`
+looks for them in the cache in this order (then for the full sd15)."""
+CPU_PRESET_DOWNLOAD_GB = 5.7
+"""One-time download of the hyper-sd15 preset with its tiny decoder: 1,346,305,627 float32 parameters (SD1.5 UNet
+859.5M, CLIP-L text encoder 123.1M, SD1.5 depth ControlNet 361.3M, TAESD 2.4M; the model's own VAE is not fetched),
+counted from the published configs by bench/bench_cpu_stack.py, x 4 bytes of safetensors = 5.39 GB, and the LoRA
+file (Hyper-SD15-1step-lora.safetensors, 269 MB as the hub lists it): 5.65 GB. (lcm-sd15: 5.39 GB.)"""
 PLATE_DOWNLOAD_GB = 0.3
 """What the plate composition fetches besides (once): Depth Anything V2 Small (24,785,089 parameters, 0.1 GB) and
 rembg's isnet-general-use matting model (~170 MB)."""
@@ -75,7 +81,8 @@ def cpu_dtype() -> str:
 
 
 def weights_cached(model: str, controlnet: Optional[str] = None, decoder: str = "full") -> bool:
-    """Whether `model` (a preset, hub id or folder), its depth ControlNet and `decoder` load without a download."""
+    """Whether `model` (a preset, hub id or folder), its depth ControlNet, its LoRA and `decoder` load without a
+    download."""
     preset = PRESETS.get(model)
     try:
         src = parse_model_source(preset.model if preset else model, "model")
@@ -83,9 +90,11 @@ def weights_cached(model: str, controlnet: Optional[str] = None, decoder: str = 
         cn_src = parse_model_source(cn, "controlnet") if cn else None
     except ModelUnavailableError:
         return False
-    tiny = decoder == "tiny"  # auto takes it on its own only for the CPU preset, an SD1.5 model
+    lora = preset.lora if preset else None
+    tiny = decoder == "tiny"  # auto takes it on its own only for the CPU presets, SD1.5 models
     return (cached_files(src, pipeline=True, without=("vae",) if tiny else ())
             and (cn_src is None or cached_files(cn_src, pipeline=False))
+            and (lora is None or cached_files(ModelSource(lora.repo, None, False, lora.file), pipeline=False))
             and (not tiny or cached_files(parse_model_source(TINY_DECODERS["sd15"], "tiny decoder"), pipeline=False)))
 
 
@@ -98,7 +107,7 @@ def cpu_cost() -> str:
 
 def _cpu_options(options: dict, model: str) -> dict:
     picked = dict(options, model=model)
-    if model == CPU_PRESET:
+    if model in CPU_PRESETS:
         picked.setdefault("dtype", cpu_dtype())
         picked.setdefault("decoder", "tiny")
     return picked
@@ -127,11 +136,12 @@ def choose(name: str, options: dict) -> tuple[str, dict, Optional[str]]:
                  f"{FULL_DECODER_EXTRA_SECONDS} s more per stack)" if picked["decoder"] == "tiny" else
                  f"--decoder tiny decodes about {FULL_DECODER_EXTRA_SECONDS} s faster")
         notice = (f"No GPU here: rendering on the CPU with the few-step {CPU_PRESET} preset "
-                  f"({PRESETS[CPU_PRESET].steps} steps, {picked['dtype']}, {picked['decoder']} decoder; {cpu_cost()}); "
-                  f"{other}; --model {DEFAULT_PRESET} takes the full preset ({PRESETS[DEFAULT_PRESET].steps} steps)")
+                  f"({PRESETS[CPU_PRESET].step_words()}, {picked['dtype']}, {picked['decoder']} decoder; "
+                  f"{cpu_cost()}); {other}; --model {DEFAULT_PRESET} takes the full preset "
+                  f"({PRESETS[DEFAULT_PRESET].step_words()})")
         return "diffusers", picked, notice
     # auto on a CPU: the model only when nothing has to be downloaded (the full VAE when the tiny decoder is not)
-    for model in [options["model"]] if options.get("model") else [CPU_PRESET, DEFAULT_PRESET]:
+    for model in [options["model"]] if options.get("model") else [*CPU_PRESETS, DEFAULT_PRESET]:
         picked = _cpu_options(options, model)
         # the preset's own decoder first, then the full VAE, unless one was asked for
         for decoder in dict.fromkeys([picked.get("decoder", "full"), options.get("decoder", "full")]):
@@ -146,6 +156,6 @@ def choose(name: str, options: dict) -> tuple[str, dict, Optional[str]]:
     return "draft", {}, notice
 
 
-__all__ = ["CPU_PRESET", "CPU_PRESET_DOWNLOAD_GB", "CPU_STACK_SECONDS", "FULL_DECODER_EXTRA_SECONDS",
+__all__ = ["CPU_PRESET", "CPU_PRESETS", "CPU_PRESET_DOWNLOAD_GB", "CPU_STACK_SECONDS", "FULL_DECODER_EXTRA_SECONDS",
            "PLATE_DOWNLOAD_GB", "accelerator", "choose", "cpu_dtype",
            "weights_cached"]

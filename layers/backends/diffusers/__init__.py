@@ -24,9 +24,10 @@ img2img / inpaint pipelines, made with `from_pipe` from the loaded pipeline: the
 copy of the weights; the same long-prompt encoding, per-item strength and memory fallbacks as `render`.
 
 Where each part lives:
-- presets.py: the named model + ControlNet pairs (PRESETS) and the decoders (DECODERS, TINY_DECODERS);
-- loading.py: building the pipeline (from_pretrained, the tiny decoder, dtype, device, offload) and the repaint
-  pipelines (from_pipe);
+- presets.py: the named model + ControlNet pairs (PRESETS) with their schedulers and few-step LoRAs, and the decoders
+  (DECODERS, TINY_DECODERS);
+- loading.py: building the pipeline (from_pretrained, a preset's LoRA fused in, the tiny decoder, dtype, device,
+  offload) and the repaint pipelines (from_pipe);
 - prompts.py: the isolation framing and long-prompt encoding;
 - render.py: `render`, the batched pipeline call and its out-of-memory fallbacks;
 - repaint.py: `repaint`;
@@ -39,9 +40,9 @@ from __future__ import annotations
 from .backend import DiffusersBackend
 from .hooks import _IdleControlNet
 from .loading import _import_diffusers, load_tiny_decoder
-from .presets import DECODERS, DEFAULT_PRESET, DEPTH_CONTROLNETS, PRESETS, TINY_DECODERS, Preset
+from .presets import DECODERS, DEFAULT_PRESET, DEPTH_CONTROLNETS, PRESETS, SCHEDULERS, TINY_DECODERS, Lora, Preset
 from .prompts import ISOLATION_NEGATIVE, ISOLATION_PROMPT, _isolated
 from .render import RenderMemoryError, _control_image
 
-__all__ = ["DECODERS", "DEPTH_CONTROLNETS", "DiffusersBackend", "ISOLATION_NEGATIVE", "ISOLATION_PROMPT", "PRESETS",
-           "Preset", "RenderMemoryError", "TINY_DECODERS", "load_tiny_decoder"]
+__all__ = ["DECODERS", "DEPTH_CONTROLNETS", "DiffusersBackend", "ISOLATION_NEGATIVE", "ISOLATION_PROMPT", "Lora",
+           "PRESETS", "Preset", "RenderMemoryError", "SCHEDULERS", "TINY_DECODERS", "load_tiny_decoder"]

@@ -12,7 +12,9 @@ class DiffusersBackend(LoadingMixin, PromptEncodingMixin, RenderMixin, RepaintMi
 
     Args:
         model: a preset name (see PRESETS), a Hugging Face id, or a local folder holding a diffusers pipeline.
-            The family (SD1.x/2.x or SDXL) is read from the model itself.
+            The family (SD1.x/2.x or SDXL) is read from the model itself. A preset with a LoRA loads its base model,
+            then the LoRA file (cache first, like every weight; one line naming the file when it cannot be had),
+            fused into the weights.
         controlnet: a Hugging Face id ("org/name", or "org/name/subfolder") or a local folder holding a depth
             ControlNet. None: the preset's; else the model folder's own `controlnet/`; else the family's default
             depth ControlNet (DEPTH_CONTROLNETS).
@@ -33,10 +35,14 @@ class DiffusersBackend(LoadingMixin, PromptEncodingMixin, RenderMixin, RepaintMi
         ValueError: a bad option, an unsupported model, or a ControlNet from another family.
 
     Attributes:
-        model_info: model and ControlNet ids, family, pipeline and scheduler classes, dtype, device, placement
-            (for the manifest; every RenderResult.info starts with it).
-        defaults: what suits the model, as GenerateOptions keywords (the preset's; a few-step model's: 4 steps,
+        model_info: model and ControlNet ids, family, pipeline and scheduler classes, dtype, device, placement, a
+            preset's fused LoRA (id, file, scale) and eta (for the manifest; every RenderResult.info starts with it).
+        defaults: what suits the model, as GenerateOptions keywords (the preset's; an LCM model's: 4 steps,
             guidance 8, the ControlNet over half the steps, the background fill re-noised 0.75).
+        few_step: distilled to sample in a few steps (the preset says so, or the UNet has a guidance embedding).
+        guidance_embedding: the UNet takes its guidance as an embedding (LCM's time_cond_proj_dim) and never runs
+            classifier-free guidance; a few-step LoRA has none and runs without it at guidance 0 or 1.
+        eta: the preset's scheduler eta (TCD's gamma), or None for the pipelines' default.
         count_tokens: the model's own tokenizer count, for the planner.
         token_budget: the longest layer prompt conditioned in full (max_prompt_chunks chunks).
         progress_interval: least seconds between two reports within a step (PROGRESS_INTERVAL; 0 reports every

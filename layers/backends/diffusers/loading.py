@@ -13,7 +13,7 @@ from typing import Any, Optional, Self
 
 from ...models import ModelSource, hub_offline, load_pretrained, parse_model_source
 from .hooks import PROGRESS_INTERVAL, _ResidualScaler, _skip_idle_controlnet
-from .presets import DECODERS, DEFAULT_PRESET, DEPTH_CONTROLNETS, PRESETS, TINY_DECODERS, _is_tiny
+from .presets import DECODERS, DEFAULT_PRESET, DEPTH_CONTROLNETS, PRESETS, TINY_DECODERS, Lora, _is_tiny
 from .prompts import _Encoded
 
 logger = logging.getLogger(__package__)  # the whole backend logs under the package's name
@@ -56,6 +56,8 @@ class LoadingMixin:
         cn_src = self._controlnet_source(controlnet, preset, model_src, index, family)
         cn_config = load_pretrained(ControlNetModel.load_config, cn_src, "controlnet", local_only)
         _check_controlnet_fits(cn_config, unet_config, cn_src, model_src, family)
+        # The LoRA file is found (or fetched) before any weights load: a missing one fails at once.
+        lora_file = _lora_file(preset.lora, local_only) if preset is not None and preset.lora else None
 
         dev = _device_from(device)
         torch_dtype = _dtype_from(dtype, dev.type)
@@ -72,22 +74,26 @@ class LoadingMixin:
         # pipelines type-hint an AutoencoderKL and warn about any other decoder, which every SD pipeline can use
         with _muted("diffusers.pipelines.pipeline_utils") if decoder == "tiny" else contextlib.nullcontext():
             pipe = load_pretrained(pipe_cls.from_pretrained, model_src, "model", local_only, **kwargs)
+        if lora_file is not None:
+            _fuse_lora(pipe, lora_file, preset.lora)
         if preset is not None and preset.scheduler:
             _swap_scheduler(pipe, preset.scheduler)
 
         self._setup(pipe, model_label=model_src.label, controlnet_label=cn_src.label, preset=preset_name,
                     family=family, batch=batch, offload=offload, vae_tiling=vae_tiling,
-                    max_prompt_chunks=max_prompt_chunks, device=dev)
+                    max_prompt_chunks=max_prompt_chunks, device=dev, lora_fused=lora_file is not None)
 
     @classmethod
     def from_pipeline(cls, pipe, *, model: str = "custom", controlnet: str = "custom", batch: str = "auto",
-                      vae_tiling="auto", max_prompt_chunks: int = 4) -> Self:
+                      vae_tiling="auto", max_prompt_chunks: int = 4, preset: Optional[str] = None) -> Self:
         """Wrap a ControlNet pipeline built elsewhere (already on its device) in this backend.
 
         Args:
             pipe: a StableDiffusionControlNetPipeline or StableDiffusionXLControlNetPipeline with one ControlNet.
             model, controlnet: names recorded in model_info.
             batch, vae_tiling, max_prompt_chunks: as in the constructor.
+            preset: sample as this preset does (its scheduler, swapped into `pipe`, its eta, few-step flag and
+                defaults); the weights, and any LoRA, are `pipe`'s own. None: the pipeline as it is.
 
         Returns:
             A DiffusersBackend rendering with `pipe`.
@@ -97,9 +103,13 @@ class LoadingMixin:
         cls._check_options(batch, "none", vae_tiling, max_prompt_chunks)
         if not isinstance(pipe.controlnet, ControlNetModel):
             raise ValueError(f"pipe.controlnet must be one ControlNetModel, got {type(pipe.controlnet).__name__}")
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"preset must be one of {', '.join(PRESETS)} or None, got {preset!r}")
         family = "sdxl" if isinstance(pipe, StableDiffusionXLControlNetPipeline) else "sd15"
+        if preset is not None and PRESETS[preset].scheduler:
+            _swap_scheduler(pipe, PRESETS[preset].scheduler)
         self = cls.__new__(cls)
-        self._setup(pipe, model_label=model, controlnet_label=controlnet, preset=None, family=family, batch=batch,
+        self._setup(pipe, model_label=model, controlnet_label=controlnet, preset=preset, family=family, batch=batch,
                     offload=None, vae_tiling=vae_tiling, max_prompt_chunks=max_prompt_chunks,
                     device=pipe._execution_device)
         return self
@@ -133,7 +143,7 @@ class LoadingMixin:
         return parse_model_source(DEPTH_CONTROLNETS[family], "controlnet")
 
     def _setup(self, pipe, *, model_label, controlnet_label, preset, family, batch, offload, vae_tiling,
-               max_prompt_chunks, device):
+               max_prompt_chunks, device, lora_fused: bool = False):
         import torch
 
         self.pipe = pipe
@@ -168,8 +178,12 @@ class LoadingMixin:
             pipe.controlnet.register_forward_hook(scaler)
             pipe.controlnet._layer_strength_scaler = scaler
         self._scaler = scaler
-        unet_config = pipe.unet.config
-        self.few_step = unet_config.get("time_cond_proj_dim") is not None
+        preset_spec = PRESETS[preset] if preset is not None else None
+        # An LCM UNet carries its guidance as an embedding (time_cond_proj_dim) and never runs classifier-free
+        # guidance; a few-step LoRA adds none: it runs without CFG where its guidance is 0 or 1, as distilled.
+        self.guidance_embedding = pipe.unet.config.get("time_cond_proj_dim") is not None
+        self.few_step = self.guidance_embedding or (preset_spec is not None and preset_spec.few_step)
+        self.eta = preset_spec.eta if preset_spec is not None else None
         tok = self._tokenizers()[0]
         self.model_info: dict[str, Any] = {
             "backend": self.name,
@@ -186,12 +200,17 @@ class LoadingMixin:
             "decoder": "tiny" if _is_tiny(pipe.vae) else "full",
             "decoder_model": TINY_DECODERS[family] if _is_tiny(pipe.vae) else model_label,
             "few_step": self.few_step,
+            "guidance_embedding": self.guidance_embedding,
             "text_encoder_max_tokens": int(tok.model_max_length),
             "max_prompt_chunks": max_prompt_chunks,
         }
-        if preset is not None:
-            self.defaults = PRESETS[preset].defaults()
-        elif self.few_step:  # a few-step model of the preset's kind
+        if self.eta is not None:
+            self.model_info["eta"] = self.eta
+        if preset_spec is not None and preset_spec.lora is not None and lora_fused:
+            self.model_info["lora"] = preset_spec.lora.info()
+        if preset_spec is not None:
+            self.defaults = preset_spec.defaults()
+        elif self.guidance_embedding:  # an LCM-distilled model, of the lcm-sd15 preset's kind
             self.defaults = PRESETS["lcm-sd15"].defaults()
         else:
             self.defaults = {"steps": 25, "guidance": 5.0 if family == "sdxl" else 6.0}
@@ -361,13 +380,46 @@ def _check_controlnet_fits(cn_config: dict, unet_config: dict, cn_src: ModelSour
 
 
 def _swap_scheduler(pipe, name: str):
-    from diffusers import DPMSolverMultistepScheduler, LCMScheduler
+    """Put the scheduler `name` (one of presets.SCHEDULERS) in, built from the model's own scheduler config."""
+    from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler, LCMScheduler, TCDScheduler
 
+    config = pipe.scheduler.config
     if name == "dpmpp_2m":
-        pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++",
-                                                                 solver_order=2, use_karras_sigmas=True)
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2,
+                                                                 use_karras_sigmas=True)
     elif name == "lcm":
         if not isinstance(pipe.scheduler, LCMScheduler):
-            pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+            pipe.scheduler = LCMScheduler.from_config(config)
+    elif name == "tcd":
+        pipe.scheduler = TCDScheduler.from_config(config)
+    elif name == "euler_trailing":
+        pipe.scheduler = EulerDiscreteScheduler.from_config(config, timestep_spacing="trailing")
     else:
         raise ValueError(f"unknown scheduler {name!r}")
+
+
+def _lora_file(lora: Lora, local_only: bool) -> str:
+    """The local path of `lora`'s file: from the hub cache, else downloaded (cache first, as every model loads).
+
+    Raises:
+        ModelUnavailableError: one line naming the file and how to fetch it.
+    """
+    src = ModelSource(lora.repo, None, False, lora.file)
+
+    def locate(repo: str, *, local_files_only: bool, cache_dir: str) -> str:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(repo, lora.file, cache_dir=cache_dir, local_files_only=local_files_only)
+
+    return load_pretrained(locate, src, "LoRA", local_only)
+
+
+def _fuse_lora(pipe, path: str, lora: Lora) -> None:
+    """Load the LoRA at `path` into the pipeline's UNet (and text encoder, where the file has keys for it), fuse it
+    into their weights at `lora.scale`, then drop the adapter layers: the models are plain again, and a step costs
+    what it costs without the LoRA."""
+    # a UNet-only file (as the few-step LoRAs are) makes diffusers say it found nothing for the text encoder
+    with _muted("diffusers.loaders.lora_base"):
+        pipe.load_lora_weights(path)
+        pipe.fuse_lora(lora_scale=float(lora.scale))
+        pipe.unload_lora_weights()

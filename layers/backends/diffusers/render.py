@@ -56,8 +56,10 @@ class RenderMixin:
     with its fallbacks (`_batched_or_one_by_one`), which repaint runs its own pipelines through."""
 
     def uses_guidance(self, guidance: float) -> bool:
-        """Whether the pipeline runs classifier-free guidance (and so reads negative prompts) at `guidance`."""
-        return guidance > 1.0 and not self.few_step
+        """Whether the pipeline runs classifier-free guidance (and so reads negative prompts) at `guidance`: above 1,
+        as in diffusers, except for a UNet that embeds its guidance instead (LCM). A few-step LoRA's preset takes
+        guidance 0: one UNet pass per step."""
+        return guidance > 1.0 and not self.guidance_embedding
 
     def _check_inputs(self, requests, settings: RenderSettings):
         self._check_requests(requests, RenderRequest, "layer ")
@@ -255,7 +257,9 @@ class RenderMixin:
         else:
             self._scaler.strengths = torch.tensor(strengths, dtype=torch.float32)
         guidance = float(settings.guidance)
-        embedded = self.few_step and pipe is not self.pipe
+        embedded = self.guidance_embedding and pipe is not self.pipe
+        # the preset's eta (TCD's gamma) where it has one; else the pipelines' own default
+        extra = {"eta": self.eta} if self.eta is not None else {}
         called = time.perf_counter()
         try:
             with ticks, (_guidance_embedding(self.pipe, pipe.unet, guidance) if embedded else contextlib.nullcontext()):
@@ -266,7 +270,7 @@ class RenderMixin:
                     num_inference_steps=settings.steps, guidance_scale=1.0 if embedded else guidance,
                     controlnet_conditioning_scale=scale, control_guidance_end=float(settings.control_end),
                     generator=generators, output_type="pil",
-                    callback_on_step_end=on_step_end, **kwargs,
+                    callback_on_step_end=on_step_end, **extra, **kwargs,
                 )
                 if progress is not None:
                     ticks.finish(pipe.num_timesteps)
