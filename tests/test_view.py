@@ -44,6 +44,7 @@ def test_affine_shift_moves_each_pixel_by_its_nearness():
 
 def test_a_nearer_layer_uncovers_the_filled_layer_behind_without_holes():
     img = _textured(80, 120).astype(np.int32)
+    img[..., 0] = np.minimum(img[..., 0], img[..., 1])  # a wall with no red in it: any red in its fill is the box's
     img[20:60, 40:80] = (250, 20, 20)  # a red box in front
     depth = np.full((80, 120), 0.1, np.float32)
     depth[20:60, 40:80] = 0.9
