@@ -92,6 +92,8 @@ def launch_options(studio: Studio, *, host: Optional[str] = None, port: Optional
         server_name=host, server_port=port, share=share, auth=auth,
         auth_message="This Layercake studio is private: sign in." if auth else None,
         max_file_size=int(studio.limits.max_upload_mb * 1024 * 1024),
+        # Each page visit and API client keeps its last run in session state: bounded, not 10,000 of them.
+        state_session_capacity=studio.limits.max_sessions,
         allowed_paths=[str(studio.output_root)],
         css_paths=[ASSETS / "studio.css"],
         theme=gr.themes.Soft(primary_hue="orange", secondary_hue="amber", neutral_hue="slate",

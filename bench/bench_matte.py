@@ -1,6 +1,7 @@
 """Matting benchmark: every matting method against the true coverage of draft layers, side by side in one run.
 
 Usage: .venv/bin/python bench/bench_matte.py [--size 512x768] [--quick] [--figure DIR [--figure-seed 001]]
+       [--cost MODEL ...] [--cost-only]
 
 The draft backend knows the exact coverage it paints (``DraftBackend.render_with_coverage``), so each matte of
 the midground and foreground is scored against the right answer (``layers.matte_score``): SAD, MSE and gradient
@@ -20,6 +21,16 @@ a stand-in for a salient-object segmenter, not a measurement of one.
 
 Targets (three seeds, 512x768): see-through <= 0.5 %, lost <= 1 %, halo <= 0.5 %, SAD <= half of closed-form's,
 time per layer <= closed-form's.
+
+``--cost MODEL`` (repeatable) times what a segmenter adds to a stack's matting (its midground and foreground),
+each model in a fresh process so its peak memory is its own: a rembg model name, an ``.onnx`` under U2NET_HOME
+(e.g. the real ``u2netp.onnx`` / ``u2net.onnx``), or ``isnet-shaped``, a full-size IS-Net (the architecture of
+rembg's default ``isnet-general-use``, 44 M parameters, 1024 px) built here with random weights
+(``bench/isnet_shaped.py``): speed and memory do not depend on weight values. Side by side per case: the offline
+matte; before, the rule that ran the segmenter on every layer (the offline matte plus one segmenter call per
+layer, each timed on its own after a warm-up call); after, ``matte_rgba`` with the session, which runs it only on
+a layer with an enclosed patch of ``decide_px`` pixels or more (the runs column counts its calls). Target: <= 1 s
+added per stack where no layer needs the segmenter.
 """
 from __future__ import annotations
 
@@ -51,8 +62,18 @@ def main() -> None:
     ap.add_argument("--model", help="a real rembg model name or .onnx under U2NET_HOME (default: tiny blob model)")
     ap.add_argument("--figure", help="write a look at a seed's stack (default matte vs closed-form) into this folder")
     ap.add_argument("--figure-seed", default="000", choices=[tag for tag, _, _ in SEEDS], help="the seed to look at")
+    ap.add_argument("--cost", action="append", default=[], metavar="MODEL",
+                    help="time a segmenter's cost per stack (rembg name, .onnx under U2NET_HOME, or isnet-shaped)")
+    ap.add_argument("--cost-only", action="store_true", help="only the segmenter cost per stack")
     args = ap.parse_args()
     width, height = map(int, args.size.split("x"))
+    cases = [(tag, (ROOT / "seeds" / f"{stem}.txt").read_text(encoding="utf-8"), seed) for tag, stem, seed in SEEDS]
+    if not args.quick:
+        cases += EXTRA
+    if args.cost:
+        stack_costs(args.cost, cases, width, height)
+        if args.cost_only:
+            return
 
     from layers.matte import MatteSettings, matte_layer, matte_rgba, new_matte_session
     from layers.matte_score import draft_cases, score_matte
@@ -76,16 +97,10 @@ def main() -> None:
         "rembg+key+cf": (MatteSettings(), session),
     }
 
-    cases = [(tag, (ROOT / "seeds" / f"{stem}.txt").read_text(encoding="utf-8"), seed) for tag, stem, seed in SEEDS]
-    if not args.quick:
-        cases += EXTRA
-    load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"] * 3
     print(f"Layercake matting benchmark: {width}x{height}, draft layers scored against their true coverage; "
-          f"{os.cpu_count()} cores, load average {' '.join(load)}; rembg session: {session_name}")
-    head = (f"{'case':<8} {'layer':<10} {'method':<13} {'SAD':>7} {'MSE':>8} {'grad':>7} {'see-thr%':>8} "
-            f"{'lost%':>6} {'halo%':>6} {'s/layer':>8} {'cpu s':>7}")
-    print(head)
-    print("-" * len(head))
+          f"{machine()}; rembg session: {session_name}")
+    print_head(f"{'case':<8} {'layer':<10} {'method':<13} {'SAD':>7} {'MSE':>8} {'grad':>7} {'see-thr%':>8} "
+               f"{'lost%':>6} {'halo%':>6} {'s/layer':>8} {'cpu s':>7}")
     results: dict[tuple[str, str, str], tuple] = {}
     for tag, prompt, seed in cases:
         for case in draft_cases(prompt, seed, width=width, height=height):
@@ -138,6 +153,109 @@ def main() -> None:
         _, stem, seed = next(entry for entry in SEEDS if entry[0] == args.figure_seed)
         figure(Path(args.figure), (ROOT / "seeds" / f"{stem}.txt").read_text(encoding="utf-8"), seed, width, height)
     sys.exit(1 if misses else 0)
+
+
+def machine() -> str:
+    """Cores and load average, said beside every figure: on a shared machine the neighbours' work shows in times."""
+    load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"] * 3
+    return f"{os.cpu_count()} cores, load average {' '.join(load)}"
+
+
+def print_head(head: str) -> None:
+    print(head)
+    print("-" * len(head))
+
+
+def stack_costs(models: list[str], cases, width: int, height: int) -> None:
+    """Print, per segmenter, what it adds to each case's stack matting, before and after it ran only where needed."""
+    import multiprocessing
+
+    print(f"Segmenter cost per stack (midground + foreground, matte_rgba, {width}x{height}); {machine()}; "
+          f"wall seconds (process CPU seconds)")
+    context = multiprocessing.get_context("spawn")  # a fresh process per model: its own peak memory
+    for model in models:
+        shown = model
+        if model == "isnet-shaped":  # built here, so that building it does not count in the model's memory
+            from isnet_shaped import build_isnet_shaped
+
+            home = Path(os.environ.get("U2NET_HOME") or tempfile.mkdtemp(prefix="bench_u2net_"))
+            os.environ["U2NET_HOME"] = str(home)
+            model, count = build_isnet_shaped(home / "models" / "isnet_shaped.onnx")
+            model = str(model)
+            megabytes = Path(model).stat().st_size / 1e6
+            shown = f"isnet-shaped (IS-Net, random weights, {count:,} parameters, {megabytes:.0f} MB)"
+        with context.Pool(1) as pool:
+            report = pool.apply(_stack_cost, (model, cases, width, height))
+        print(f"\n{shown}: rembg session {report['session']}, input {report['input']}, loaded in "
+              f"{report['load']:.2f} s")
+        print_head(f"{'case':<8} {'offline':>13} {'segmenter/layer':>16} {'before':>14} {'after':>14} {'runs':>4} "
+                   f"{'added':>6}")
+        for row in report["rows"]:
+            print(f"{row['case']:<8} {row['offline']:6.2f} ({row['offline_cpu']:5.2f}) "
+                  f"{row['call']:8.2f} ({row['call_cpu']:5.2f}) {row['before']:6.2f} ({row['before_cpu']:5.2f}) "
+                  f"{row['after']:6.2f} ({row['after_cpu']:5.2f}) {row['runs']:>4} "
+                  f"{row['after'] - row['offline']:6.2f}")
+        rows = report["rows"]
+        idle = [r for r in rows if r["runs"] == 0]
+        worst = max((r["after"] - r["offline"] for r in idle), default=0.0)
+        mean = {k: statistics.mean(r[k] for r in rows) for k in ("offline", "before", "after")}
+        print(f"mean per stack: offline {mean['offline']:.2f} s, before {mean['before']:.2f} s, "
+              f"after {mean['after']:.2f} s; "
+              f"{len(idle)} of {len(rows)} stacks ran no segmenter, adding at most {worst:.2f} s "
+              f"(target <= 1 s: {'met' if worst <= 1.0 else 'MISSED'})")
+        print(f"peak RSS of the process: {report['peak_after'] / 1e9:.2f} GB through the new rule's stacks, "
+              f"{report['peak_before'] / 1e9:.2f} GB once the segmenter had run on every layer")
+
+
+def _stack_cost(model: str, cases, width: int, height: int) -> dict:
+    """One model's stack costs, in a process of its own (see ``stack_costs``)."""
+    import resource
+
+    sys.path.insert(0, str(ROOT))
+    from rembg import remove
+
+    from layers.matte import matte_rgba, new_matte_session
+    from layers.matte_score import draft_cases
+
+    t = time.perf_counter()
+    session = new_matte_session(model)
+    load = time.perf_counter() - t
+    calls = []
+    predict = session.predict
+    session.predict = lambda *a, **k: calls.append(1) or predict(*a, **k)
+
+    def timed(fn, runs: int = 1):
+        walls, cpus = [], []
+        for _ in range(runs):
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+        return statistics.median(walls), statistics.median(cpus)
+
+    layers = {tag: draft_cases(prompt, seed, width=width, height=height) for tag, prompt, seed in cases}
+    rows = []
+    for tag, stack in layers.items():
+        for case in stack:
+            matte_rgba(case.rgb, case.prior)  # warm-up (numba, caches)
+        offline = timed(lambda: [matte_rgba(c.rgb, c.prior) for c in stack], runs=2)
+        calls.clear()
+        after = timed(lambda: [matte_rgba(c.rgb, c.prior, session=session) for c in stack])
+        rows.append({"case": tag, "offline": offline[0], "offline_cpu": offline[1], "after": after[0],
+                     "after_cpu": after[1], "runs": len(calls)})
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    first = next(iter(layers.values()))[0]
+    remove(first.rgb, session=session, only_mask=True)  # warm-up: onnxruntime's first run allocates
+    for row, stack in zip(rows, layers.values()):
+        per_layer = [timed(lambda c=c: remove(c.rgb, session=session, only_mask=True)) for c in stack]
+        row["call"] = statistics.mean(p[0] for p in per_layer)
+        row["call_cpu"] = statistics.mean(p[1] for p in per_layer)
+        row["before"] = row["offline"] + sum(p[0] for p in per_layer)
+        row["before_cpu"] = row["offline_cpu"] + sum(p[1] for p in per_layer)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    shape = session.inner_session.get_inputs()[0].shape
+    return {"session": session.name(), "input": "x".join(map(str, shape[1:])), "load": load, "rows": rows,
+            "peak_after": peak_after, "peak_before": peak_before}
 
 
 def figure(out: Path, prompt: str, seed: int, width: int, height: int) -> None:

@@ -18,12 +18,13 @@ Two ways, one result (float32 alpha in [0, 1]):
   twice its time; the cost follows the edge's length). ``method="key"`` is keying alone; ``method="closed-form"`` solves
   closed-form matting (pymatting) on the prior's whole trimap, the matte before keying, kept for comparison.
 - **With a rembg session** (``new_matte_session``): the same offline matte, united with the segmenter's mask
-  where keying cannot tell -- patches of the backdrop's colour cut off from the backdrop by the subject.
-  Keying keeps the thin parts and the scattered debris a salient-object segmenter drops, and its edges are
-  finer than a mask made at 320 px. The mask is trusted only near the prior (``support`` is 1 inside the
-  prior grown by ``r`` and falls to 0 over the next ``r`` pixels), so a stray object far from where the
-  layer was planned is dropped. With ``method="closed-form"`` the segmenter's mask alone is used (the rule
-  before keying).
+  where keying cannot tell -- patches of the backdrop's colour cut off from the backdrop by the subject, of
+  ``decide_px`` pixels or more. Keying keeps the thin parts and the scattered debris a salient-object
+  segmenter drops, and its edges are finer than a mask made at 320 px. The segmenter runs only on a layer
+  that has such a patch: it costs seconds per layer on a CPU (IS-Net at 1024 px), and most layers have none.
+  Its mask is trusted only near the prior (1 inside the prior grown by ``r``, falling to 0 over the next ``r``
+  pixels), so a stray object far from where the layer was planned is dropped. With ``method="closed-form"``
+  the segmenter's mask alone is used (the rule before keying).
 
 Either way the colours of the edge pixels are re-estimated so that a semi-transparent edge carries the
 subject's colour, not the backdrop's (keyed mattes unmix the known backdrop exactly, ``F = B + (I - B) / a``;
@@ -46,7 +47,8 @@ from PIL import Image
 from .images import check_unit_map
 from .models import announce
 
-__all__ = ["METHODS", "MatteSettings", "download_line", "matte_layer", "matte_rgba", "new_matte_session"]
+__all__ = ["CUSTOM_SESSIONS", "METHODS", "MatteSettings", "download_line", "matte_layer", "matte_rgba",
+           "new_matte_session"]
 
 
 METHODS = ("key+cf", "key", "closed-form")
@@ -70,6 +72,10 @@ class MatteSettings:
     """Keying: content pixels this close (px) to clear backdrop are edge pixels, with alpha from colour; farther
     ones are solid. 2 suits anti-aliased edges (wider zones cost the draft seeds SAD and lost coverage); raise
     it for renders whose edges are blurred over more pixels."""
+    decide_px: int = 9
+    """With a segmenter: the fewest pixels a backdrop-coloured patch enclosed by content needs for the segmenter to
+    decide it. Smaller ones are gaps between specks, at the scale of anti-aliasing, and stay clear as keyed (real
+    segmenters, made at 320 or 1024 px, gave such gaps 0 to 0.99 where the truth is 0)."""
 
     def __post_init__(self):
         if not (0.0 < self.band <= 0.2):
@@ -80,6 +86,9 @@ class MatteSettings:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
         if isinstance(self.edge_px, bool) or not isinstance(self.edge_px, int) or not 1 <= self.edge_px <= 16:
             raise ValueError(f"edge_px must be a whole number of pixels from 1 to 16, got {self.edge_px!r}")
+        if isinstance(self.decide_px, bool) or not isinstance(self.decide_px, int) \
+                or not 1 <= self.decide_px <= 100_000:
+            raise ValueError(f"decide_px must be a whole number of pixels from 1 to 100000, got {self.decide_px!r}")
 
 
 DEFAULT_SETTINGS = MatteSettings()
@@ -92,8 +101,9 @@ def new_matte_session(model: Union[str, os.PathLike], *, allow_download: bool = 
 
     Args:
         model: a rembg model name ("u2net", "isnet-general-use", "birefnet-general", ...) whose weights
-            are already in rembg's model folder, or the path of an ``.onnx`` file with U^2-Net input and
-            output (1x3x320x320 -> 1x1x320x320) placed under ``U2NET_HOME`` (rembg refuses any other place).
+            are already in rembg's model folder, or the path of an ``.onnx`` file placed under ``U2NET_HOME``
+            (rembg refuses any other place) that takes 320 px images (U^2-Net's shape, run by rembg's
+            ``u2net_custom`` session) or 1024 px ones (IS-Net's, run by ``dis_custom``): its input decides.
         allow_download: let rembg fetch a named model that is not there yet. Off by default, so nothing
             is downloaded behind the user's back. Before such a download one line goes to the load listeners
             (``models.add_load_listener``), as for the diffusers weights; rembg shows its own progress bar.
@@ -120,7 +130,7 @@ def new_matte_session(model: Union[str, os.PathLike], *, allow_download: bool = 
                 "rembg only loads custom models from there: move the file under it or set U2NET_HOME")
         if not path.is_file():
             raise ValueError(f"matte model file not found: {str(path)!r}")
-        return new_session("u2net_custom", model_path=str(path), providers=providers)
+        return new_session(_custom_session_name(path), model_path=str(path), providers=providers)
 
     session_class = rembg_sessions.get(text)
     custom = {"u2net_custom", "dis_custom", "ben_custom", "sam", "atlascloud", "withoutbg"}
@@ -135,6 +145,36 @@ def new_matte_session(model: Union[str, os.PathLike], *, allow_download: bool = 
                 "(downloads are off), or pass the path of an .onnx file under U2NET_HOME")
         announce(line)
     return new_session(text, providers=providers)
+
+
+CUSTOM_SESSIONS = {320: "u2net_custom", 1024: "dis_custom"}
+"""rembg's session for an .onnx matte model, by the side of the square image it takes: U^2-Net's 320 px (ImageNet
+normalisation), IS-Net's 1024 px (DIS normalisation)."""
+
+
+def _custom_session_name(path: Path) -> str:
+    """The rembg session that feeds the model at `path` images of the size its input asks for."""
+    import onnxruntime
+    from onnxruntime.capi import onnxruntime_pybind11_state as errors
+
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL  # only its input is read
+    try:
+        inputs = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]).get_inputs()
+    except (errors.Fail, errors.InvalidProtobuf, errors.InvalidGraph, errors.InvalidArgument) as exc:
+        raise ValueError(f"matte model {str(path)!r} is not an ONNX model onnxruntime can load "
+                         f"({str(exc).splitlines()[0][:160]})") from exc
+    shape = list(inputs[0].shape) if len(inputs) == 1 else []
+    if len(shape) != 4 or shape[1] != 3:
+        raise ValueError(f"matte model {str(path)!r} must take one RGB image (N x 3 x H x W), takes "
+                         + ", ".join(f"{i.name} {i.shape}" for i in inputs))
+    height, width = shape[2:]
+    if not isinstance(height, int) or not isinstance(width, int):
+        return CUSTOM_SESSIONS[320]  # a model of any size: rembg's default session for one
+    if height != width or height not in CUSTOM_SESSIONS:
+        raise ValueError(f"matte model {str(path)!r} takes {width}x{height} images; rembg runs custom models "
+                         "of 320x320 (U^2-Net) or 1024x1024 (IS-Net)")
+    return CUSTOM_SESSIONS[height]
 
 
 def download_line(model: str) -> Optional[str]:
@@ -225,22 +265,16 @@ def _matte(image: Image.Image, prior: np.ndarray, session, settings: MatteSettin
     sure_fg, sure_bg = _sure(dist_in, r), _sure(dist_out, r)
     alpha = np.zeros((h, w), np.float32)
     crop_u8 = np.asarray(image, dtype=np.uint8)[y0:y1, x0:x1]
-    seg = None
-    if session is not None:
-        from rembg import remove  # slow first import, only when a session is used
-
-        mask = remove(image, session=session, only_mask=True)
-        seg = np.asarray(mask.convert("L"), dtype=np.float32)[y0:y1, x0:x1] / 255.0
-        seg *= np.clip(2.0 - dist_out / r, 0.0, 1.0)  # trusted near the prior only
-        if settings.method == "closed-form":  # the segmenter alone: the rule before keying, for comparison
-            alpha[y0:y1, x0:x1] = seg
-            return alpha, box, None
+    if session is not None and settings.method == "closed-form":
+        # The segmenter alone: the rule before keying, for comparison.
+        alpha[y0:y1, x0:x1] = _segmenter_mask(image, session, box, dist_out, r)
+        return alpha, box, None
     if not sure_bg.any() or not sure_fg.any():
         # Nothing surely outside (the layer fills the frame) or nothing surely inside (a sliver thinner than
         # the band): neither a backdrop to key against nor anything for a solver to propagate, so keep the
-        # prior (with the segmenter's mask where there is one).
-        crop_prior = prior[y0:y1, x0:x1]
-        alpha[y0:y1, x0:x1] = crop_prior if seg is None else seg
+        # prior (the segmenter's mask where there is one).
+        alpha[y0:y1, x0:x1] = (prior[y0:y1, x0:x1] if session is None
+                               else _segmenter_mask(image, session, box, dist_out, r))
         return alpha, box, None
     crop_rgb = crop_u8.astype(np.float32) / np.float32(255.0)
     if settings.method == "closed-form":
@@ -254,18 +288,45 @@ def _matte(image: Image.Image, prior: np.ndarray, session, settings: MatteSettin
         alpha[alpha > 253.5 / 255.0] = 1.0
         return alpha, box, None
     crop_alpha, back, clear = _key(crop_rgb, sure_fg, sure_bg, settings)
-    if seg is not None:
+    if session is not None:
         # Keying keeps the thin parts and scattered debris a segmenter drops, and its edges are finer than a
         # mask made at 320 px. What keying cannot tell is a patch of the backdrop's colour cut off from the
-        # backdrop by content (a grey sash on a figure, or a real hole): there the segmenter decides.
-        labels, _ = ndimage.label(clear)
-        open_labels = np.unique(labels[sure_bg])
-        enclosed = clear & ~np.isin(labels, open_labels)
-        np.maximum(crop_alpha, np.where(enclosed, seg, 0.0), out=crop_alpha)
+        # backdrop by content (a grey sash on a figure, or a real hole): there the segmenter decides, and only
+        # there is it run (seconds per layer on a CPU).
+        patches = _enclosed_patches(clear, sure_bg, settings.decide_px)
+        if patches.any():
+            seg = _segmenter_mask(image, session, box, dist_out, r)
+            np.maximum(crop_alpha, np.where(patches, seg, 0.0), out=crop_alpha)
     crop_alpha[crop_alpha < 1.5 / 255.0] = 0.0
     crop_alpha[crop_alpha > 253.5 / 255.0] = 1.0
     alpha[y0:y1, x0:x1] = crop_alpha
     return alpha, box, _unmix(crop_u8, crop_rgb, crop_alpha, back)
+
+
+def _segmenter_mask(image: Image.Image, session, box: tuple[int, int, int, int], dist_out: np.ndarray,
+                    r: int) -> np.ndarray:
+    """The rembg session's mask of the whole image, on the crop ``box``, trusted only near the prior: 1 inside it
+    grown by ``r``, falling to 0 over the next ``r`` pixels (``dist_out``: each crop pixel's distance to it)."""
+    from rembg import remove  # slow first import, only when a session is used
+
+    y0, y1, x0, x1 = box
+    mask = remove(image, session=session, only_mask=True)
+    seg = np.asarray(mask.convert("L"), dtype=np.float32)[y0:y1, x0:x1] / 255.0
+    return seg * np.clip(2.0 - dist_out / r, 0.0, 1.0)
+
+
+def _enclosed_patches(clear: np.ndarray, sure_bg: np.ndarray, min_px: int) -> np.ndarray:
+    """Clear pixels the backdrop does not reach, in patches of ``min_px`` pixels or more.
+
+    Clear pixels connect through corners too: a diagonal gap between two content pixels is still backdrop.
+    """
+    from scipy import ndimage
+
+    labels, count = ndimage.label(clear, structure=np.ones((3, 3), bool))
+    decided = np.bincount(labels.ravel(), minlength=count + 1) >= min_px
+    decided[0] = False
+    decided[labels[sure_bg]] = False
+    return decided[labels]
 
 
 def _key(rgb: np.ndarray, sure_fg: np.ndarray, sure_bg: np.ndarray, settings: MatteSettings):

@@ -59,6 +59,11 @@ class StudioLimits:
     """Result folders older than this are removed (0.01..8760). LAYERCAKE_MAX_AGE_HOURS."""
     viewer_side: int = 768
     """Longest side of the images embedded in the interactive viewer, in pixels (64..4096)."""
+    max_sessions: int = 64
+    """Browser tabs and API clients whose page state (the last run, edited prompts) the web server keeps, the
+    least recently used forgotten first (1..10 000). Each costs the server about 0.4 MB whether it comes back or
+    not (the web framework keeps a copy of every widget's settings per session; its own bound is 10 000, about
+    4 GB). LAYERCAKE_MAX_SESSIONS."""
 
     def __post_init__(self):
         checks = [
@@ -68,6 +73,7 @@ class StudioLimits:
             ("max_runs", self.max_runs, 1, 100_000),
             ("max_age_hours", self.max_age_hours, 0.01, 8760),
             ("viewer_side", self.viewer_side, 64, 4096),
+            ("max_sessions", self.max_sessions, 1, 10_000),
         ]
         for name, value, lo, hi in checks:
             if not lo <= value <= hi:
@@ -76,7 +82,7 @@ class StudioLimits:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> "StudioLimits":
         """Limits from LAYERCAKE_MAX_UPLOAD_MB, LAYERCAKE_MAX_UPLOAD_PIXELS, LAYERCAKE_MAX_WORK_PIXELS,
-        LAYERCAKE_MAX_RUNS, LAYERCAKE_MAX_AGE_HOURS.
+        LAYERCAKE_MAX_RUNS, LAYERCAKE_MAX_AGE_HOURS and LAYERCAKE_MAX_SESSIONS.
 
         Args:
             env: the environment to read (default os.environ); unset variables keep the defaults.
@@ -90,6 +96,7 @@ class StudioLimits:
         kwargs = {"max_upload_pixels": pixel_limit(env), "max_work_pixels": work_limit(env)}
         for field_name, var, kind in (("max_upload_mb", "LAYERCAKE_MAX_UPLOAD_MB", float),
                                       ("max_runs", "LAYERCAKE_MAX_RUNS", int),
+                                      ("max_sessions", "LAYERCAKE_MAX_SESSIONS", int),
                                       ("max_age_hours", "LAYERCAKE_MAX_AGE_HOURS", float)):
             text = env.get(var, "").strip()
             if text:

@@ -1,4 +1,4 @@
-"""Test fixtures built in code: figure priors, renders on a plain backdrop, a 3-layer stack, a tiny ONNX matting model.
+"""Test fixtures built in code: figure priors, renders on a plain backdrop, a 3-layer stack, tiny ONNX matting models.
 
 Each layer of ``make_test_stack`` has a colour no other layer uses, so a test can find a layer's pixels in a
 composite or a parallax frame by colour:
@@ -109,6 +109,20 @@ def build_tiny_u2net(path: os.PathLike) -> Path:
     return _save_u2net(path, nodes, {"W": w, "B": np.zeros((1,), np.float32)})
 
 
+def build_tiny_isnet(path: os.PathLike) -> Path:
+    """A tiny ONNX model with IS-Net I/O (1x3x1024x1024 -> 1x1x1024x1024, what rembg's isnet models take):
+    the same brightness-following Conv 3->1 (3x3) + Sigmoid as ``build_tiny_u2net``."""
+    from onnx import helper
+
+    rng = np.random.RandomState(0)
+    w = np.ones((1, 3, 3, 3), np.float32) / 9.0 + rng.randn(1, 3, 3, 3).astype(np.float32) * 0.01
+    nodes = [
+        helper.make_node("Conv", ["input_image", "W", "B"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["c"], ["mask"]),
+    ]
+    return _save_u2net(path, nodes, {"W": w, "B": np.zeros((1,), np.float32)}, side=1024, input_name="input_image")
+
+
 def build_blob_u2net(path: os.PathLike, centre=(0.5, 0.45), radius=(0.16, 0.3)) -> Path:
     """A tiny ONNX model with U^2-Net I/O whose mask is one soft elliptical blob, whatever the image.
 
@@ -129,12 +143,12 @@ def build_blob_u2net(path: os.PathLike, centre=(0.5, 0.45), radius=(0.16, 0.3)) 
                                      "BLOB": blob})
 
 
-def _save_u2net(path: os.PathLike, nodes, weights: dict) -> Path:
+def _save_u2net(path: os.PathLike, nodes, weights: dict, side: int = 320, input_name: str = "input.1") -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    inp = helper.make_tensor_value_info("input.1", TensorProto.FLOAT, [1, 3, 320, 320])
-    out = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, 320, 320])
+    inp = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, 3, side, side])
+    out = helper.make_tensor_value_info("mask", TensorProto.FLOAT, [1, 1, side, side])
     graph = helper.make_graph(nodes, "tiny_u2net", [inp], [out],
                               initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

@@ -458,6 +458,34 @@ def test_limits_come_from_the_environment_and_are_checked():
         StudioLimits.from_env({"LAYERCAKE_MAX_RUNS": "0"})
 
 
+def test_the_sessions_kept_are_a_studio_limit_from_the_environment():
+    from layers.studio import StudioLimits
+
+    assert StudioLimits().max_sessions == 64
+    assert StudioLimits.from_env({"LAYERCAKE_MAX_SESSIONS": "8"}).max_sessions == 8
+    with pytest.raises(ValueError, match="LAYERCAKE_MAX_SESSIONS"):
+        StudioLimits.from_env({"LAYERCAKE_MAX_SESSIONS": "few"})
+    with pytest.raises(ValueError, match="max_sessions"):
+        StudioLimits(max_sessions=0)
+
+
+def test_the_server_forgets_the_least_recent_session_beyond_its_bound(tmp_path):
+    """Every page visit and API client is a session the web server keeps (about 0.4 MB each); beyond
+    LAYERCAKE_MAX_SESSIONS the least recent is forgotten, and with it its last run: regenerating without a run id
+    then says there is nothing to regenerate, instead of the server growing with every visitor."""
+    with running_server(tmp_path / "out", env={"LAYERCAKE_MAX_SESSIONS": "2"}) as srv:
+        a = Client(srv.url, verbose=False)
+        a.predict(prompt="a lighthouse, a gull in the foreground", seed=3, width=128, height=192,
+                  api_name="/generate")
+        Client(srv.url, verbose=False).predict(prompt="a forest", api_name="/plan")
+        kept = a.predict(layer="foreground", api_name="/regenerate_layer")   # two sessions: a is still known
+        assert kept[SUMMARY]["run_id"]
+        for _ in range(2):                                                   # two newer sessions push a out
+            Client(srv.url, verbose=False).predict(prompt="a harbour", api_name="/plan")
+        with pytest.raises(AppError, match="nothing to regenerate"):
+            a.predict(layer="foreground", api_name="/regenerate_layer")
+
+
 MALFORMED = {
     "seed 'abc'": (dict(seed="abc"), "seed 'abc' is not accepted: it must be a number"),
     "width 'Infinity'": (dict(width="Infinity", height=64), "width 'Infinity' is not accepted: it must be a number"),

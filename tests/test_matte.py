@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from helpers import build_tiny_u2net, figure_prior, render_on_backdrop
+from helpers import build_blob_u2net, build_tiny_isnet, build_tiny_u2net, figure_prior, render_on_backdrop
 from layers.matte import MatteSettings, matte_layer, matte_rgba, new_matte_session
 
 FIGURE = (200, 40, 50)     # carmine figure ...
@@ -85,6 +85,130 @@ def test_named_model_that_is_not_downloaded_is_refused_instead_of_downloading(re
 def test_unknown_model_name_lists_the_choices(rembg_home):
     with pytest.raises(ValueError, match="isnet-general-use"):
         new_matte_session("no-such-model")
+
+
+def test_an_isnet_shaped_model_file_runs_through_rembgs_dis_session(rembg_home):
+    """rembg's u2net_custom session feeds 320 px images, which a 1024 px (IS-Net) model refuses; the file's own
+    input picks the session that feeds it 1024 px."""
+    from rembg import new_session, remove
+
+    path = build_tiny_isnet(rembg_home / "models" / "tiny_isnet.onnx")
+    image, prior = bright_scene()
+    with pytest.raises(Exception, match="Expected: 1024"):  # the session the file used to get
+        remove(image, session=new_session("u2net_custom", model_path=str(path)), only_mask=True)
+    session = new_matte_session(path)
+    assert session.name() == "dis_custom"
+    # The segmenter's mask alone (method closed-form), so the matte is what the model said.
+    alpha = matte_layer(image, prior, session=session, settings=MatteSettings(method="closed-form"))
+    inside = ndimage.binary_erosion(prior > 0.5, iterations=4)
+    outside = ~ndimage.binary_dilation(prior > 0.5, iterations=3)
+    assert alpha[inside].mean() > 0.9 and alpha[outside].max() < 0.1
+
+
+def test_a_u2net_shaped_model_file_keeps_the_u2net_session(rembg_home):
+    assert new_matte_session(build_tiny_u2net(rembg_home / "models" / "tiny.onnx")).name() == "u2net_custom"
+
+
+def test_a_model_file_of_another_input_size_is_refused_in_one_line(rembg_home):
+    from helpers import _save_u2net
+    from onnx import helper
+
+    nodes = [helper.make_node("Conv", ["input.1", "W", "B"], ["c"], kernel_shape=[1, 1]),
+             helper.make_node("Sigmoid", ["c"], ["mask"])]
+    path = _save_u2net(rembg_home / "models" / "odd.onnx", nodes,
+                       {"W": np.ones((1, 3, 1, 1), np.float32), "B": np.zeros((1,), np.float32)}, side=512)
+    with pytest.raises(ValueError, match=r"takes 512x512 images; rembg runs custom models of 320x320"):
+        new_matte_session(path)
+
+
+def test_a_file_that_is_not_an_onnx_model_is_refused_in_one_line(rembg_home):
+    path = rembg_home / "models" / "notes.onnx"
+    path.parent.mkdir(parents=True)
+    path.write_text("not a model")
+    with pytest.raises(ValueError, match="not an ONNX model") as info:
+        new_matte_session(path)
+    assert "\n" not in str(info.value)
+
+
+def _counted(session):
+    """The session, its real predict counted."""
+    calls = []
+    predict = session.predict
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return predict(*args, **kwargs)
+
+    session.predict = counting
+    return session, calls
+
+
+RED, GREY = (200, 60, 40), (128, 128, 128)
+BAND = MatteSettings(band=0.1)  # 12 px on 120: room for a patch inside the band, where keying decides
+
+
+def square_with_patch(patch_px: int, size=120):
+    """A red square on a grey backdrop (its prior), with a grey patch_px x patch_px patch 3 px inside its left
+    side: cut off from the backdrop by red, within the band."""
+    prior = np.zeros((size, size), np.float32)
+    prior[30:90, 30:90] = 1.0
+    arr = np.full((size, size, 3), GREY, np.uint8)
+    arr[30:90, 30:90] = RED
+    patch = (slice(58, 58 + patch_px), slice(33, 33 + patch_px))
+    arr[patch] = GREY
+    return Image.fromarray(arr), prior, patch
+
+
+def test_the_segmenter_runs_only_on_a_layer_with_a_patch_keying_cannot_tell(rembg_home):
+    """The segmenter decides only backdrop-coloured patches cut off from the backdrop; a layer with none (most
+    layers) is matted without running it, exactly as offline, and a patch smaller than decide_px (a gap between
+    specks) stays clear without running it either."""
+    model = build_blob_u2net(rembg_home / "models" / "blob.onnx", centre=(0.5, 0.5), radius=(0.3, 0.3))
+    session, calls = _counted(new_matte_session(model))
+    plain, prior, _ = square_with_patch(0)
+    alpha = matte_layer(plain, prior, session=session, settings=BAND)
+    assert calls == [] and np.array_equal(alpha, matte_layer(plain, prior, settings=BAND))
+    assert alpha[30:90, 30:90].min() == 1.0 and alpha.sum() == 60 * 60
+
+    small, _, gap = square_with_patch(2)                       # 4 px < decide_px (9)
+    alpha = matte_layer(small, prior, session=session, settings=BAND)
+    assert calls == [] and alpha[gap].max() == 0.0             # stays clear, as keyed: no segmenter run
+
+    big, _, patch = square_with_patch(6)                       # 36 px: the segmenter decides it
+    offline = matte_layer(big, prior, settings=BAND)
+    alpha = matte_layer(big, prior, session=session, settings=BAND)
+    assert calls == [1]
+    assert offline[patch].max() == 0.0 and alpha[patch].min() == 1.0
+    rest = np.ones(prior.shape, bool)
+    rest[patch] = False
+    assert np.array_equal(alpha[rest], offline[rest])          # the rest is the offline matte
+
+    # decide_px lowered to the gap's size: the gap is the segmenter's call too.
+    alpha = matte_layer(small, prior, session=session, settings=MatteSettings(band=0.1, decide_px=4))
+    assert calls == [1, 1] and alpha[gap].min() == 1.0
+
+
+def test_a_diagonal_gap_to_the_backdrop_is_backdrop_not_an_enclosed_patch(rembg_home):
+    """Two content pixels touching at a corner do not close a gap: backdrop reached through the corner is still
+    backdrop, so the segmenter is not asked about it."""
+    model = build_blob_u2net(rembg_home / "models" / "blob.onnx", centre=(0.5, 0.5), radius=(0.45, 0.45))
+    session, calls = _counted(new_matte_session(model))
+    image, prior, _ = square_with_patch(0)
+    arr = np.asarray(image).copy()
+    arr[31:35, 31:35] = GREY  # a grey room inside the square's corner ...
+    arr[30, 30] = GREY        # ... opening onto the backdrop through the corner pixel, diagonally only
+    settings = MatteSettings(band=0.1, decide_px=2)
+    alpha = matte_layer(Image.fromarray(arr), prior, session=session, settings=settings)
+    assert calls == [] and alpha[31:35, 31:35].max() == 0.0
+    arr[30, 30] = RED         # closed: now the room is enclosed, and the segmenter decides it
+    alpha = matte_layer(Image.fromarray(arr), prior, session=session, settings=settings)
+    assert calls == [1] and alpha[31:35, 31:35].min() == 1.0
+
+
+def test_decide_px_is_range_checked():
+    for bad in (0, 2.5, True, 100_001):
+        with pytest.raises(ValueError, match="decide_px"):
+            MatteSettings(decide_px=bad)
 
 
 # --------------------------------------------------------------------------------------------- fallback
