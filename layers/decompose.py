@@ -551,7 +551,9 @@ def _repaint(backend, colours, depths, filled, names, seeds, settings: Decompose
                                        image=start, control=check_unit_map(depths[k], f"{names[k]} depth"),
                                        seed=int(seeds[k]), mask=mask))
 
-    result = backend.repaint(requests, RenderSettings(width=w, height=h),
+    # The model's own steps and guidance (a few-step model's 1-4 steps, not RenderSettings' 25 for SD).
+    own = {k: v for k, v in (getattr(backend, "defaults", None) or {}).items() if k in ("steps", "guidance")}
+    result = backend.repaint(requests, RenderSettings(width=w, height=h, **own),
                              span_progress(report, 0.6, 0.9, "repainting {layer}"))
     if len(result.images) != len(requests):
         raise ValueError(f"backend returned {len(result.images)} images for {len(requests)} repaint requests")

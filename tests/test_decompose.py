@@ -319,3 +319,22 @@ def test_zero_is_far_by_default_and_unknown_when_asked():
     assert len(notices) == 1 and "2.0% of the pixels are unknown" in notices[0]
     with pytest.raises(ValueError, match="no known value"):
         prepare_depth(np.zeros((40, 60)), (60, 40), unknown_zero=True)
+
+
+def test_the_repaint_takes_the_model_s_own_steps_and_guidance(motorcycle):
+    """A few-step model repaints a picture's hidden parts in its own few steps, not in the 25 an SD model takes."""
+    img, disp = motorcycle
+
+    class FewStep(FlatRepainter):
+        defaults = {"steps": 2, "guidance": 1.5, "control_end": 0.5, "fill_denoise": 0.75}
+
+        def repaint(self, requests, settings, progress=None):
+            self.settings = settings
+            return super().repaint(requests, settings, progress)
+
+    backend = FewStep()
+    decompose(img, disp, backend=backend, seed=5)
+    assert (backend.settings.steps, backend.settings.guidance) == (2, 1.5)
+    plain = type("Plain", (FewStep,), {"defaults": None})()
+    decompose(img, disp, backend=plain, seed=5)
+    assert (plain.settings.steps, plain.settings.guidance) == (25, 6.0)  # RenderSettings' own
