@@ -1,6 +1,6 @@
 """Filling a hole with texture: coarse-to-fine PatchMatch from the source pixels only, tones from the smooth fill.
 
-1. **Pyramid.** The picture is halved until the hole's widest part is about a patch across (or the picture or
+1. **Pyramid.** The picture is halved until the hole is two or three patches across (or the picture or
    its source patches run out). A coarse pixel is a source only if all four of its children are (so nothing of
    a pixel that is not a source is ever copied), and part of the hole if any child is.
 2. **Peel.** At the coarsest level the hole is filled from its edge inwards, pixel by pixel, each from the
@@ -150,9 +150,11 @@ def texture_fill(image: np.ndarray, source: np.ndarray, hole: np.ndarray, *, dep
             ny, nx = lv.upsampled(field, levels[k + 1], rng)
             lv.copy_centres(ny, nx)
             reach = FINE_REACH * settings.patch
-        # At the two finest levels only the centres near the hole's edge are refined, where it meets the picture:
-        # inside, the coarser level's arrangement (carried up with the sources' own fine texture) measured as good.
-        centres = lv.near_edge(FINE_BAND * settings.patch) if k <= EDGE_LEVELS else lv.all_centres()
+        # At the two finest levels (below the coarsest) only the centres near the hole's edge are refined, where it
+        # meets the picture: inside, the coarser arrangement (carried up with the sources' own fine texture)
+        # measured as good.
+        edge_only = k <= EDGE_LEVELS and k < len(levels) - 1
+        centres = lv.near_edge(FINE_BAND * settings.patch) if edge_only else lv.all_centres()
         for _ in range(settings.fine_rounds if k == 0 else settings.coarse_rounds):
             state = _match(lv, ny, nx, centres, settings.scans, r, reach, state)
             lv.copy_centres(ny, nx)
@@ -237,7 +239,7 @@ def _whole_patches(source: np.ndarray, r: int) -> np.ndarray:
 
 
 def _pyramid(base: _Level, widest: float, r: int) -> list:
-    """Levels from full size down until the hole is about a patch wide, or the picture or its sources run out."""
+    """Levels from full size down until the hole is two or three patches wide, or the picture or its sources run out."""
     levels = [base]
     while widest > 3 * r and min(levels[-1].hole.shape) >= 8 * (2 * r + 1):
         down = _half(levels[-1])
