@@ -221,7 +221,7 @@ def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed:
 
     A layer of a decomposed picture has its hidden part filled again: repainted by a backend that can inpaint,
     else (or when ``fill`` is given) by the offline fill, the stack's own (``options.fill``) unless ``fill``
-    says otherwise. A plate-composed stack cuts its plate with ``fill`` (default: its own) again.
+    says otherwise. A plate-composed stack cuts its plate again, with ``fill`` for this layer (default: its own).
 
     Args:
         result: the stack to change.
@@ -243,11 +243,9 @@ def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed:
         check_fill(fill)
     if result.plan is None:
         return _refill_decomposed(result, layer, backend, seed=seed, prompt=prompt, fill=fill, progress=progress)
-    if fill is not None:
-        if result.render_info.get("composition") != "plate" or result.plate is None:
-            raise ValueError("the fill applies to a picture's layers and to a plate's; this stack was rendered "
-                             "on the scaffold, layer by layer, with nothing to fill")
-        result = dataclasses.replace(result, options=dataclasses.replace(result.options, fill=fill))
+    if fill is not None and (result.render_info.get("composition") != "plate" or result.plate is None):
+        raise ValueError("the fill applies to a picture's layers and to a plate's; this stack was rendered "
+                         "on the scaffold, layer by layer, with nothing to fill")
     report = progress or (lambda fraction, text: None)
     old = result.plan.layer(layer)
     if seed is None and prompt is None:
@@ -256,7 +254,7 @@ def regenerate_layer(result: StackResult, layer: str, backend: Backend, *, seed:
     depth = result.depths[layer]
     t = time.perf_counter()
     if result.render_info.get("composition") == "plate" and result.plate is not None:
-        return _regenerate_plate_layer(result, plan, layer, backend, report)
+        return _regenerate_plate_layer(result, plan, layer, backend, report, fill=fill)
     rendered = backend.render([_request(plan, layer, depth, result.options)], _render_settings(plan, result.options),
                               progress=_render_progress(report))
     new_layer = _matte(layer, rendered.images[0], depth, result.options, report)
@@ -342,19 +340,22 @@ def _refill_decomposed(result: StackResult, layer: str, backend: Backend, *, see
 
 
 def _regenerate_plate_layer(result: StackResult, plan: ScenePlan, layer: str, backend: Backend,
-                            report: Progress) -> StackResult:
+                            report: Progress, fill: Optional[str] = None) -> StackResult:
     t = time.perf_counter()
     options = result.options
     session, _, _ = _plate_matting(options, report) if result.render_info.get("matte_model") != CLOSED_FORM \
         else (None, None, None)
+    # Another fill cuts the plate for this layer only; the stack's own (options.fill) stays what its others had.
+    settings = options.compose_settings() if fill is None else \
+        dataclasses.replace(options.compose_settings(), fill=fill)
     new_layer, depth, facts = recompose_layer(
         plan, backend, result.plate, result.plate_depth, result.render_info["decompose"]["thresholds"],
         result.stack, layer, steps=options.steps, guidance=options.guidance,
-        strength=options.strengths[LAYER_NAMES.index(layer)], settings=options.compose_settings(), session=session,
+        strength=options.strengths[LAYER_NAMES.index(layer)], settings=settings, session=session,
         progress=report)
     info = dict(result.render_info)
     info["regenerated"] = list(info.get("regenerated", [])) + [
-        dict(facts, prompt=plan.layer(layer).prompt, backend=getattr(backend, "name", None))]
+        dict(facts, prompt=plan.layer(layer).prompt, fill=settings.fill, backend=getattr(backend, "name", None))]
     report(_MATTE_SPAN[1], f"{layer} regenerated")
     return StackResult(plan=plan, depths=dict(result.depths, **{layer: depth}), stack=result.stack.replace(new_layer),
                        render_info=info, options=options, depth_source=result.depth_source,

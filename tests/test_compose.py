@@ -97,6 +97,13 @@ def test_same_seed_gives_the_same_stack_and_a_new_layer_seed_changes_only_that_l
     assert changed.render_info["regenerated"][-1]["harmonize"]["layers"] == ["midground"]
 
 
+def test_regenerating_the_background_with_another_fill_cuts_the_plate_with_it(backend, plated):
+    changed = regenerate_layer(plated, "background", backend, seed=21, fill="smooth")
+    assert changed.render_info["regenerated"][-1]["fill"] == "smooth"
+    assert changed.options.fill == "texture"  # the stack's own, what its other layers were cut with
+    assert same_stack(plated, changed) == [False, True, True]
+
+
 def test_regenerate_from_the_written_folder_keeps_the_other_layers_byte_identical(backend, plated, tmp_path):
     files = write_outputs(plated, tmp_path / "stack")
     assert files["plate"].is_file() and files["plate_depth"].is_file()

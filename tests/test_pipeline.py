@@ -70,6 +70,13 @@ def test_regenerate_changes_one_layer_only(result, draft):
     assert np.array_equal(np.asarray(same.stack["foreground"].rgba), np.asarray(result.stack["foreground"].rgba))
 
 
+def test_a_fill_is_refused_for_a_stack_rendered_layer_by_layer(result, draft):
+    with pytest.raises(ValueError, match="rendered on the scaffold"):
+        regenerate_layer(result, "background", draft, fill="texture")
+    with pytest.raises(ValueError, match="unknown fill"):
+        regenerate_layer(result, "background", draft, fill="blurry")
+
+
 def test_regenerate_with_a_new_prompt(result, draft):
     new = regenerate_layer(result, "midground", draft, prompt="a single dancer in teal silk")
     assert new.plan.layer("midground").prompt.startswith("a single dancer in teal silk")
