@@ -1,6 +1,7 @@
 """The studio's "From a picture" tab as API clients meet it: a real server and gradio_client's /decompose."""
 from __future__ import annotations
 
+import io
 import json
 import zipfile
 
@@ -79,3 +80,21 @@ def test_unknown_zero_checkbox_reads_zero_as_unknown(client, files):
     composite = np.asarray(Image.open(out[COMPOSITE]).convert("RGB"), np.float64)
     picture = np.asarray(Image.open(files / "moto.png"), np.float64)
     assert 10 * np.log10(255 ** 2 / max(np.mean((composite - picture) ** 2), 1e-12)) >= 40.0
+
+
+def test_the_hidden_parts_choice_fills_with_texture_by_default_or_smoothly(client, files):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/decompose"]
+    assert any(p["parameter_name"] == "fill" and p["parameter_default"] == "texture" for p in info["parameters"])
+    backgrounds = {}
+    for fill in ("texture", "smooth"):
+        out = client.predict(image=handle_file(str(files / "moto.png")), depth_map=handle_file(str(files / "disp.png")),
+                             fill=fill, api_name="/decompose")
+        with zipfile.ZipFile(out[ZIP]) as z:
+            assert json.loads(z.read("manifest.json"))["options"]["fill"] == fill
+            backgrounds[fill] = np.asarray(Image.open(io.BytesIO(z.read("layers/background.png"))), np.float64)
+    # where the nearer layers hide the background, texture keeps its detail and smooth blurs it
+    detail = {k: np.abs(np.diff(v[..., :3], axis=1)).mean() for k, v in backgrounds.items()}
+    assert detail["texture"] > detail["smooth"]
+    with pytest.raises(Exception, match="'blurry' .* is not in the list of choices: \\['texture', 'smooth'\\]"):
+        client.predict(image=handle_file(str(files / "moto.png")), depth_map=handle_file(str(files / "disp.png")),
+                       fill="blurry", api_name="/decompose")

@@ -22,13 +22,14 @@ def build_picture_tab(studio: Studio, concurrency: int) -> None:
     @user_errors
     def decompose(image: Optional[str] = None, depth_map: Optional[str] = None, depth_source: str = "map",
                   layers: str = "3", parallax: str = _DEFAULTS.parallax, seed: int = 0, unknown_zero: bool = False,
-                  progress=gr.Progress()):
+                  fill: str = _DEFAULTS.fill, progress=gr.Progress()):
         """Split a picture into depth layers (3 by default: background, midground, foreground), with what the
         nearer layers hide filled in (colour and depth), soft matted edges and per-pixel parallax.
 
         depth_source "map" uses depth_map (white = near: an 8/16-bit image, or .npy); "estimate" estimates it from
         the picture; unknown_zero reads 0 in the depth map as unknown (filled from the nearest known depth)
-        instead of far. layers is "2".."6" or "auto". Returns the PSD, ORA, ZIP and MP4, the composite, the video,
+        instead of far. layers is "2".."6" or "auto". fill "texture" (default) continues the visible texture into
+        what nearer layers hide; "smooth" blends the surrounding colours (offline; a model repaints them). Returns the PSD, ORA, ZIP and MP4, the composite, the video,
         the layers over a checkerboard, the depth maps (completed behind occluders), a JSON summary (thresholds,
         notices, run_id), a status line, the run state, then stack.glb and parallax.html.
         """
@@ -39,7 +40,7 @@ def build_picture_tab(studio: Studio, concurrency: int) -> None:
         options = GenerateOptions(parallax=parallax or _DEFAULTS.parallax, displacement=1.0)
         run = studio.decompose(image, depth_map=depth_map if depth_source == "map" else None,
                                layers=layers or "3", seed=whole_number(seed, "seed", 0), options=options,
-                               unknown_zero=bool(unknown_zero),
+                               unknown_zero=bool(unknown_zero), fill=fill or _DEFAULTS.fill,
                                progress=progress_reporter(progress))
         files = run.files
         names = run.result.stack.names
@@ -73,6 +74,9 @@ def build_picture_tab(studio: Studio, concurrency: int) -> None:
                 seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=2**31 - 1, min_width=90,
                                  info="model-mode inpainting")
             parallax = gr.Radio(list(CAMERA_PATHS), value=_DEFAULTS.parallax, label="Parallax video path")
+            fill = gr.Radio([("Texture: continue what shows", "texture"), ("Smooth: blend the colours around", "smooth")],
+                            value=_DEFAULTS.fill, label="Hidden parts", elem_id="pic-fill",
+                            info="what a nearer layer hides, seen when it moves away or is hidden in the PSD")
             go = gr.Button("Decompose", variant="primary", elem_id="decompose-btn")
         with gr.Column(scale=7, min_width=400, elem_id="pic-results"):
             viewer = parallax_viewer("pic-parallax")
@@ -98,7 +102,7 @@ def build_picture_tab(studio: Studio, concurrency: int) -> None:
                 with gr.Tab("Details"):
                     details = gr.JSON(label="Run summary", elem_id="pic-details")
     state = gr.State(None)
-    go.click(decompose, [image, depth_file, depth_source, layers, parallax, seed, unknown_zero],
+    go.click(decompose, [image, depth_file, depth_source, layers, parallax, seed, unknown_zero, fill],
              [*downloads[:4], composite, video, layer_gallery, depth_gallery, details, status, state, *downloads[4:]],
              api_name="decompose", concurrency_id="render", concurrency_limit=concurrency,
              show_progress_on=[viewer, composite]) \
