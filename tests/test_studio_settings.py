@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
@@ -24,12 +25,13 @@ def client(tiny_sd15_dir, tiny_depth_anything_dir, tmp_path_factory):
         deadline = time.monotonic() + 120
         while True:
             try:
-                yield server, Client(server.url, verbose=False)
-                return
-            except ValueError:  # the loading page is no gradio app: no config to read yet
+                c = Client(server.url, verbose=False)
+                break
+            except (ValueError, httpx.TransportError):  # the loading page (no config yet), or the switch to the studio
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"the studio never opened:\n{server.log()[-3000:]}") from None
                 time.sleep(1)
+        yield server, c
 
 
 def manifest(server, result) -> dict:
