@@ -1,26 +1,34 @@
-"""CPU time of a whole few-step (lcm-sd15) stack at full size: what `--backend diffusers` costs without a GPU.
+"""CPU time of whole few-step stacks at full size: what `--backend diffusers` costs without a GPU, preset by preset.
 
-Usage: python bench/bench_cpu_stack.py              (full size: 512x768, 4 steps, 3 layers; minutes)
+Usage: python bench/bench_cpu_stack.py              (full size: 512x768, 3 layers; minutes)
        python bench/bench_cpu_stack.py --dry-run    (tiny configs at 96x64: checks the code in seconds)
 
-No hub access: the LCM-distilled SD1.5 UNet, the SD1.5 depth ControlNet, both decoders (TAESD, which the CPU preset
-takes, and the SD1.5 VAE of `--decoder full`) and the CLIP-L text encoder are built from their published configs
-(bench_diffusers_gpu.py) with random weights, on the CPU in the dtype the CPU default preset uses there
-(bfloat16 where the CPU computes it natively, else float32; --dtype to choose);
-speed does not depend on weight values. The stack is what `python -m layers generate --backend diffusers`
-renders on a CPU with the model's own defaults: plan, the plate (4 steps), its depth estimate and decomposition, the
-background inpainted and the midground and foreground repainted from the plate, matting, the harmonising pass,
-composite. The default runs, in one process: that stack cold, as a user's first is (no warm-up); the same with the
-ControlNet through every step and the background's hidden part from noise (what the plate composition did before
-the preset took control_end 0.5 and fill_denoise 0.75; warm by then, which favours it); the scaffold composition
-(three layers in one 4-step call). `--runs plate+full` adds the full SD1.5 VAE.
+No hub access: the UNets (SD1.5's, and LCM-Dreamshaper's, which adds a guidance embedding), the SD1.5 depth
+ControlNet, both decoders (TAESD, which the CPU presets take, and the SD1.5 VAE of `--decoder full`) and the CLIP-L
+text encoder are built from their published configs (bench_diffusers_gpu.py) with random weights, on the CPU in the
+dtype the CPU presets use there (bfloat16 where the CPU computes it natively, else float32; --dtype to choose); speed
+does not depend on weight values. A LoRA preset (hyper-sd15) is timed on its base architecture: its LoRA is fused
+into the UNet's weights at load and the adapter layers are dropped (loading.py `_fuse_lora`), so a step costs
+exactly what the base model's costs; what the preset changes is the scheduler (swapped in as the preset does, through
+`DiffusersBackend.from_pipeline(preset=...)`), the steps, the guidance and eta. The UNet, text encoder and ControlNet
+of SD1.5 and LCM-Dreamshaper have the same architecture except LCM's guidance embedding; they share one ControlNet,
+text encoder and decoder here.
 
-Reported: seconds per stage and in all; the process's CPU time (what the load of a shared machine does not change;
-CPU seconds / threads is a lower bound of the wall time: measured quiet, ~12 % of the two cores' time stays idle
-while a step runs, in the waits between an operation's parallel parts); the longest gap between two progress updates
-(how long the progress bar stands still); the download the preset costs (float32 safetensors = 4 bytes per parameter
-of the files from_pretrained fetches: UNet, text encoder, decoder, ControlNet; the safety checker is not fetched);
-the load average before and after (the figure is inflated on a shared machine). Target: <= 90 s on 2 cores.
+A stack is what `python -m layers generate --backend diffusers` renders on a CPU with the preset's own defaults (the
+plate composition: plan, the plate, its depth estimate (Depth Anything V2 Small, random weights) and decomposition,
+the background inpainted and the midground and foreground repainted from the plate, matting (the offline matte),
+the harmonising pass, composite), cold for the first stack of the process (as a user's first is), warm after. The
+default runs, in one process: hyper-sd15 at its 1 step (cold), lcm-sd15 at its 4 steps, hyper-sd15 at 2 and at 4
+steps. `--runs` takes others: PRESET@STEPS, + "scaffold" (three layers in one call), "full" (the SD1.5 VAE) and/or
+"guided" (the ControlNet through every step and the background's hidden part from noise).
+
+Reported per stack: wall seconds and seconds per stage; the process's CPU time (what the load of a shared machine
+changes least: CPU seconds / threads is a lower bound of the wall time); the picture-steps the UNet ran (one
+picture through one denoising step, the unit a stack's cost grows with); the longest gap between two progress
+updates; and the machine while it ran: the host's steal (vmstat's `st`, from /proc/stat) on average and at worst
+over 2-second windows, the CPU time other processes took, and the load average before and after. Also the one-time
+download each preset costs (float32 safetensors = 4 bytes per parameter of the files from_pretrained fetches; the
+LoRA file as the hub lists it). Target: the fastest preset's stack <= 45 s on 2 idle cores.
 """
 from __future__ import annotations
 
@@ -28,20 +36,26 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_diffusers_gpu import TAESD, build_pipeline, count_full_size_params, tiny  # noqa: E402  (sets up sys.path)
+from bench_diffusers_gpu import SD15_UNET, TAESD, build_pipeline, count_full_size_params, tiny  # noqa: E402
 
 SEED_PROMPT = Path(__file__).resolve().parent.parent / "seeds" / "002_velvet_planetarium.txt"
 """The default prompt: one of the dense example prompts the product is made for. The bench's tokenizer is the tests'
 byte-level one (about one token per character), so the plate's whole prompt fills the 16 chunks the backend allows;
 CLIP's own tokenizer makes 10-12 of it, so the text encoding and the cross-attention are timed on the high side."""
-DOWNLOADED = {"tiny": ("lcm unet", "clip-l text", "taesd", "sd15 depth controlnet"),
-              "full": ("lcm unet", "clip-l text", "vae", "sd15 depth controlnet")}
-"""The components whose weights the lcm-sd15 preset downloads, by decoder (under the tiny one, the model's own VAE
-is not fetched)."""
+DEFAULT_RUNS = "hyper-sd15@1,lcm-sd15@4,hyper-sd15@2,hyper-sd15@4"
+ARCHITECTURES = {"hyper-sd15": "sd15 unet", "lcm-sd15": "lcm unet"}
+"""The UNet each CPU preset runs (its count in count_full_size_params)."""
+DOWNLOADED = ("clip-l text", "taesd", "sd15 depth controlnet")
+"""What every CPU preset downloads besides its UNet, with the tiny decoder (the model's own VAE is not fetched)."""
+LORA_FILE_GB = {"hyper-sd15": 0.269}
+"""The LoRA file a preset fetches besides: Hyper-SD15-1step-lora.safetensors is listed at 269 MB on the hub."""
+TARGET_SECONDS = 45
 
 
 def loadavg() -> str:
@@ -51,69 +65,166 @@ def loadavg() -> str:
         return "n/a"
 
 
+def cpu_ticks() -> tuple[int, int, int]:
+    """(busy, steal, total) clock ticks of all CPUs since boot, from /proc/stat's first line (what vmstat reads)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return user + nice + system + irq + softirq, steal, sum(fields[:8])
+
+
+class HostLoad:
+    """The machine's state while a stack runs: steal on average and at worst over SAMPLE_SECONDS windows, and the
+    CPU time every process together took (ours included), sampled in a thread from /proc/stat."""
+
+    SAMPLE_SECONDS = 2.0
+
+    def __init__(self):
+        self.windows: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        last = cpu_ticks()
+        while not self._stop.wait(self.SAMPLE_SECONDS):
+            now = cpu_ticks()
+            total = now[2] - last[2]
+            if total > 0:
+                self.windows.append(100.0 * (now[1] - last[1]) / total)
+            last = now
+
+    def __enter__(self):
+        self.start = cpu_ticks()
+        self.load_before = loadavg()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        end = cpu_ticks()
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = max(1, end[2] - self.start[2])
+        self.steal = 100.0 * (end[1] - self.start[1]) / total
+        self.steal_max = max(self.windows, default=self.steal)
+        self.busy_seconds = (end[0] - self.start[0]) / ticks
+        self.load_after = loadavg()
+        return False
+
+
+@dataclass
+class Run:
+    preset: str
+    steps: int
+    composition: str = "plate"
+    decoder: str = "tiny"
+    guided: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Run":
+        head, *extra = text.strip().split("+")
+        preset, _, steps = head.partition("@")
+        if preset not in ARCHITECTURES or not steps.isdigit():
+            raise SystemExit(f"--runs: {text!r} is not PRESET@STEPS[+scaffold][+full][+guided] with PRESET one of "
+                             f"{', '.join(ARCHITECTURES)}")
+        unknown = set(extra) - {"scaffold", "full", "guided"}
+        if unknown:
+            raise SystemExit(f"--runs: unknown {', '.join(sorted(unknown))} in {text!r}")
+        return cls(preset, int(steps), "scaffold" if "scaffold" in extra else "plate",
+                   "full" if "full" in extra else "tiny", "guided" in extra)
+
+    def label(self) -> str:
+        extra = "".join(f", {x}" for x in (self.composition, f"{self.decoder} decoder"))
+        return f"{self.preset}, {self.steps} step{'s' if self.steps != 1 else ''}{extra}"
+
+    def given(self) -> dict:
+        """+guided: the ControlNet through every step and the background's hidden part from noise, instead of the
+        few-step presets' 0.5 and 0.75."""
+        return {"control_end": 1.0, "fill_denoise": 1.0} if self.guided else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="tiny configs at 96x64: check the code")
-    ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--prompt-file", type=Path, default=SEED_PROMPT, help="the scene prompt (default: seed 002)")
-    ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: what the CPU default preset uses here")
-    ap.add_argument("--runs", default="plate+tiny,plate+tiny+guided,scaffold+tiny",
-                    help="stacks to time, in order, as COMPOSITION+DECODER[+guided]: plate (what generate does with "
-                         "a model) or scaffold; tiny (TAESD, the CPU preset's) or full (the SD1.5 VAE); +guided: the "
-                         "ControlNet through every step and the background's hidden part from noise (control_end 1, "
-                         "fill_denoise 1) instead of the preset's 0.5 and 0.75")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), help="default: what the CPU presets use here")
+    ap.add_argument("--runs", default=DEFAULT_RUNS,
+                    help="stacks to time, in order, as PRESET@STEPS[+scaffold][+full][+guided] (default %(default)s)")
     args = ap.parse_args()
+    runs = [Run.parse(text) for text in args.runs.split(",")]
 
     import torch
 
-    from diffusers import AutoencoderTiny
+    from diffusers import AutoencoderTiny, UNet2DConditionModel
 
     from layers.backends.auto import cpu_dtype
-    from layers.backends.diffusers import DiffusersBackend
+    from layers.backends.diffusers import PRESETS, DiffusersBackend
     from layers.pipeline import GenerateOptions
     from tiny_models import write_clip_tokenizer
 
     counts = count_full_size_params(report=False)
-    for decoder, parts in DOWNLOADED.items():
+    for preset in dict.fromkeys(r.preset for r in runs):
+        parts = (ARCHITECTURES[preset],) + DOWNLOADED
         params = sum(counts[k] for k in parts)
-        print(f"lcm-sd15 download with the {decoder} decoder: {params:,} parameters x 4 bytes = "
-              f"{params * 4 / 1e9:.2f} GB ({', '.join(f'{k} {counts[k] / 1e6:.1f}M' for k in parts)})")
+        lora = LORA_FILE_GB.get(preset, 0.0)
+        print(f"{preset} download with the tiny decoder: {params:,} parameters x 4 bytes = {params * 4 / 1e9:.2f} GB"
+              f"{f' + the LoRA file {lora:.2f} GB' if lora else ''} = {params * 4 / 1e9 + lora:.2f} GB "
+              f"({', '.join(f'{k} {counts[k] / 1e6:.1f}M' for k in parts)})")
     dtype = args.dtype or cpu_dtype()
-    print(f"cpu: {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, {dtype}; "
-          f"load average before {loadavg()}", flush=True)
+    print(f"cpu: {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, {dtype}",
+          flush=True)
 
     w, h = (96, 64) if args.dry_run else (512, 768)
+    t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = write_clip_tokenizer(Path(tmp) / "tokenizer")
-        t = time.perf_counter()
-        pipe = build_pipeline("lcm", torch.device("cpu"), getattr(torch, dtype), tokenizer, small=args.dry_run)
-    decoders = {"full": pipe.vae,
+        lcm = build_pipeline("lcm", torch.device("cpu"), getattr(torch, dtype), tokenizer, small=args.dry_run)
+    decoders = {"full": lcm.vae,
                 "tiny": AutoencoderTiny(**(tiny(TAESD) if args.dry_run else TAESD)).to(getattr(torch, dtype)).eval()}
-    print(f"built {'tiny' if args.dry_run else 'full-size'} lcm pipeline and both decoders in "
+    pipes = {"lcm-sd15": lcm}
+    if "hyper-sd15" in {r.preset for r in runs}:
+        # SD1.5's own UNet (no guidance embedding) beside the same ControlNet, text encoder and decoders
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**(tiny(SD15_UNET) if args.dry_run else SD15_UNET)).to(getattr(torch, dtype))
+        pipes["hyper-sd15"] = type(lcm)(**dict(lcm.components, unet=unet.eval()), requires_safety_checker=False)
+    print(f"built the {'tiny' if args.dry_run else 'full-size'} pipelines and both decoders in "
           f"{time.perf_counter() - t:.1f} s", flush=True)
     estimator = build_depth_anything_small(Path(tempfile.mkdtemp(prefix="bench_cpu_da_")), small=args.dry_run)
     prompt = args.prompt_file.read_text(encoding="utf-8").strip()
-    for run in args.runs.split(","):
-        composition, decoder, *guided = run.split("+")
-        pipe.vae = decoders[decoder]
-        backend = DiffusersBackend.from_pipeline(pipe, model="random lcm-sd15")
-        given = {"control_end": 1.0, "fill_denoise": 1.0} if guided == ["guided"] else {}
-        # What `generate --backend diffusers` takes on a CPU: the few-step model's own defaults.
-        options = GenerateOptions.for_backend(backend, steps=args.steps, video=False, composition=composition,
-                                              depth_model=str(estimator), matte_model="closed-form", **given)
-        what = f"{dtype}, {composition}, {decoder} decoder, {args.steps} steps"
-        if composition == "plate":
-            what += (f", ControlNet over {options.control_end:g} of the steps, background fill re-noised "
-                     f"{options.fill_denoise:g}")
-        print(f"\n{what} ({backend.model_info['memory_format']} UNet):", flush=True)
-        run_stack(backend, options, w, h, what, prompt)
-    print(f"load average after {loadavg()} (a shared machine inflates the figure); target <= 90 s")
+    rows = []
+    for k, run in enumerate(runs):
+        pipe = pipes[run.preset]
+        pipe.vae = decoders[run.decoder]
+        backend = DiffusersBackend.from_pipeline(pipe, model=f"random {run.preset}", preset=run.preset)
+        # What `generate --backend diffusers` takes on a CPU: the preset's own defaults, at the steps asked.
+        options = GenerateOptions.for_backend(backend, steps=run.steps, video=False, composition=run.composition,
+                                              depth_model=str(estimator), matte_model="closed-form", **run.given())
+        spec = PRESETS[run.preset]
+        what = (f"{dtype}, {run.label()}, {backend.model_info['scheduler']}, guidance {options.guidance:g}"
+                f"{f', eta {spec.eta:g}' if spec.eta is not None else ''}, ControlNet over {options.control_end:g} "
+                f"of the steps, background fill re-noised {options.fill_denoise:g}")
+        print(f"\n{what} ({'cold' if k == 0 else 'warm'}):", flush=True)
+        rows.append(run_stack(backend, options, w, h, what, prompt) | {"run": run, "cold": k == 0})
+    print("\n| preset | steps | wall | CPU time | picture-steps | stages (s) | longest wait | steal avg / max | "
+          "other processes | load before → after |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        run = r["run"]
+        variant = "".join(x for x, on in ((" (cold)", r["cold"]), (", scaffold", run.composition != "plate"),
+                                          (", full VAE", run.decoder != "tiny"), (", guided", run.guided)) if on)
+        print(f"| {run.preset}{variant} | {run.steps} | {r['wall']:.1f} s | {r['cpu']:.1f} CPU-s | "
+              f"{r['picture_steps']} | {r['stages']} | {r['gap']:.1f} s | {r['steal']:.0f} / {r['steal_max']:.0f} % | "
+              f"{r['others']:.0f} CPU-s | {r['load']} |")
+    fastest = min((r for r in rows if r["run"].preset == "hyper-sd15"), key=lambda r: r["wall"], default=None)
+    if fastest is not None and not args.dry_run:
+        print(f"\nfastest hyper-sd15 stack: {fastest['wall']:.1f} s wall, target <= {TARGET_SECONDS} s on 2 idle cores "
+              f"(steal averaged {fastest['steal']:.0f} % during it)")
 
 
 def build_depth_anything_small(folder: Path, small: bool) -> Path:
     """Depth Anything V2 Small (the plate's default estimator) from its published config, random weights, saved in
     `folder` with its image processor, to load the user's way (a folder). small: the tests' tiny one, for --dry-run."""
-    from tiny_models import build_depth_anything
+    import torch
+    from tiny_models import build_depth_anything, rescale_weights
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessorPil
 
     if small:
@@ -125,13 +236,30 @@ def build_depth_anything_small(folder: Path, small: bool) -> Path:
     cfg = DepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=384, patch_size=14,
                               neck_hidden_sizes=[48, 96, 192, 384], reassemble_factors=[4, 2, 1, 0.5],
                               fusion_hidden_size=64, head_hidden_size=32, depth_estimation_type="relative")
-    DepthAnythingForDepthEstimation(cfg).eval().save_pretrained(str(folder))
+    net = DepthAnythingForDepthEstimation(cfg).eval()
+    # With the default init (std 0.02) the map varies by ~1e-7 and can round to too few values to cut three layers;
+    # weights that keep the signal's scale, and the head's last convolution lifted above its final ReLU, give a map
+    # that varies with the plate (as tiny_models' estimators do). Its cost does not depend on the values.
+    rescale_weights(net)
+    with torch.no_grad():
+        [c for c in net.head.modules() if isinstance(c, torch.nn.Conv2d)][-1].bias.fill_(2.0)
+    net.save_pretrained(str(folder))
     DPTImageProcessorPil(size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
                          resample=3, do_pad=False).save_pretrained(str(folder))
     return folder
 
 
-def run_stack(backend, options, w: int, h: int, what: str, prompt: str) -> None:
+def picture_steps(info: dict, steps: int) -> int:
+    """One picture through one denoising step, summed over the stack's passes (the plate's or the scaffold's render,
+    the layers' repaints, the harmonising pass)."""
+    if info.get("composition") != "plate":
+        return steps * len(info.get("layers", {}) or [None] * 3)
+    total = steps  # the plate
+    total += sum(len(call["layers"]) * call["steps_run"] for call in info.get("calls", []))
+    return total + int((info.get("harmonize") or {}).get("steps_run") or 0)
+
+
+def run_stack(backend, options, w: int, h: int, what: str, prompt: str) -> dict:
     """One whole stack with `backend`, timed, with its progress log and the longest gap in it."""
     import torch
 
@@ -144,24 +272,35 @@ def run_stack(backend, options, w: int, h: int, what: str, prompt: str) -> None:
         stamps.append((time.perf_counter(), text))
         print(f"  {stamps[-1][0] - start:7.1f} s  {fraction:4.0%}  {text}", flush=True)
 
-    start, cpu_start = time.perf_counter(), time.process_time()
-    plan = plan_scene(prompt, seed=1, width=w, height=h, count_tokens=backend.count_tokens,
-                      token_budget=backend.token_budget)
-    result = build_stack(plan, backend, options=options, progress=progress)
-    result.stack.composite()
-    total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    with HostLoad() as host:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        plan = plan_scene(prompt, seed=1, width=w, height=h, count_tokens=backend.count_tokens,
+                          token_budget=backend.token_budget)
+        result = build_stack(plan, backend, options=options, progress=progress)
+        result.stack.composite()
+        total, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     times = [start] + [s for s, _ in stamps] + [start + total]
     gaps = [(b - a, stamps[i - 1][1] if i else "start") for i, (a, b) in enumerate(zip(times, times[1:]))]
     longest, after = max(gaps)
+    stages = ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items())
+    steps = picture_steps(result.render_info, options.steps)
     print(f"whole stack {w}x{h}, {what}, 3 layers ({result.render_info.get('composition')} composition): "
-          f"{total:.1f} s")
-    print("stages: " + ", ".join(f"{k} {v:.1f}" for k, v in result.timings.items()))
+          f"{total:.1f} s, {steps} picture-steps")
+    print(f"stages: {stages}")
     for notice in result.render_info.get("notices", []):
         print(f"notice: {notice}")
     threads = torch.get_num_threads()
     print(f"process CPU time: {cpu:.1f} s over {threads} threads ({cpu / threads:.0f} s if every thread were busy "
           f"all the time; a load-independent figure on a shared machine, and a lower bound of the wall time)")
+    others = max(0.0, host.busy_seconds - cpu)
+    print(f"machine: steal {host.steal:.1f} % on average, {host.steal_max:.1f} % at worst over "
+          f"{HostLoad.SAMPLE_SECONDS:g} s; other processes {others:.1f} CPU-s; load average {host.load_before} before, "
+          f"{host.load_after} after")
     print(f"longest gap between progress updates: {longest:.1f} s (after '{after}')", flush=True)
+    return {"wall": total, "cpu": cpu, "picture_steps": steps, "stages": stages, "gap": longest, "steal": host.steal,
+            "steal_max": host.steal_max, "others": others,
+            "load": f"{host.load_before.split()[0]} → {host.load_after.split()[0]}"}
+
 
 if __name__ == "__main__":
     main()

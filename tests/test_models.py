@@ -67,6 +67,16 @@ def test_auto_with_the_weights_in_the_hub_cache_loads_the_model_without_the_netw
     assert network_calls == []
 
 
+def test_auto_does_not_take_a_lora_preset_whose_lora_file_is_missing(cached_cpu_preset, network_calls):
+    """Without its LoRA file the CPU preset is not downloaded: auto falls to the next model in the cache (SD1.5 with
+    its own VAE, as the tiny pipeline has it), then, without that either, to draft; never to the network."""
+    shutil.rmtree(cached_cpu_preset / "hub" / ("models--" + PRESETS[CPU_PRESET].lora.repo.replace("/", "--")))
+    assert choose("auto", {})[:2] == ("diffusers", {"model": "sd15"})
+    shutil.rmtree(cached_snapshot(cached_cpu_preset, PRESETS[CPU_PRESET].model) / "vae")
+    assert choose("auto", {})[0] == "draft"
+    assert network_calls == []
+
+
 def test_auto_with_the_earlier_cpu_preset_cached_renders_with_it_offline(cached_lcm, network_calls):
     """A machine that downloaded lcm-sd15 (the CPU preset before hyper-sd15) keeps rendering with it, offline."""
     backend, notice = resolve_backend("auto")

@@ -36,17 +36,18 @@ file (Hyper-SD15-1step-lora.safetensors, 269 MB as the hub lists it): 5.65 GB. (
 PLATE_DOWNLOAD_GB = 0.3
 """What the plate composition fetches besides (once): Depth Anything V2 Small (24,785,089 parameters, 0.1 GB) and
 rembg's isnet-general-use matting model (~170 MB)."""
-CPU_STACK_SECONDS = 80
-"""A 512x768 lcm-sd15 stack as `generate --backend diffusers` makes it on a CPU (plate composition: plate, depth
-estimate, layers from the plate, harmonising; 4 steps, bfloat16, tiny decoder, the ControlNet over half the steps)
-on 2 idle cores with AMX: bench/bench_cpu_stack.py measured 77.4, 88.7, 77.3 and 80.9 s wall (131-145 CPU-seconds)
-for an example prompt with the virtual machine's host quiet (2026-12-02), and 97.7-136.4 s while the host took
-up to 31-42 % of the CPU; the scaffold composition 64-73 s. Where the CPU has no native bfloat16 the preset renders in
-float32, slower still."""
+CPU_STACK_SECONDS = 50
+"""A 512x768 hyper-sd15 stack as `generate --backend diffusers` makes it on a CPU (plate composition: plate, depth
+estimate, layers from the plate, harmonising; 1 step, bfloat16, tiny decoder) on 2 idle cores, for an example prompt:
+bench/bench_cpu_stack.py measured 50.7 s cold and 51.7 s warm (94.8 and 97.3 CPU-seconds) on 2 cores of an AMD EPYC
+with AVX512-BF16 and no AMX, with nothing else running (2026-12-04), where lcm-sd15 at 4 steps took 90.9 s (172.8
+CPU-seconds) in the same run (lcm-sd15 had taken 77-89 s on 2 idle AMX cores, the development machine's CPU on
+2026-12-02). Where the CPU has no native bfloat16 the preset renders in float32, slower still."""
 FULL_DECODER_EXTRA_SECONDS = 90
-"""What `--decoder full` adds to that stack: 175.2 s instead of 88.1 s in one run, about 150 CPU-seconds in
-another (305.6 against 155.2; the plate composition encodes three pictures and decodes five; the full VAE takes
-45 CPU-s to decode the 3-layer batch where the tiny decoder takes 3.8, bench/bench_cpu_speedups.py)."""
+"""What `--decoder full` adds to a stack, whatever its steps (the plate composition encodes three pictures and decodes
+five): lcm-sd15's took 175.2 s instead of 88.1 s in one run, about 150 CPU-seconds more in another (305.6 against
+155.2; the full VAE takes 45 CPU-s to decode the 3-layer batch where the tiny decoder takes 3.8,
+bench/bench_cpu_speedups.py)."""
 
 DRAFT_PREFIX = "Draft mode: procedural layout preview, no model weights loaded"
 
