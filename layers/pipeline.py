@@ -153,10 +153,10 @@ def check_steps(options: GenerateOptions, backend: Backend, *, plate: bool) -> N
         return
     for name in ("layer_denoise", "fill_denoise", "harmonize"):
         denoise = float(getattr(options, name))
-        if denoise > 0 and scheduler_steps(options.steps, denoise) > limit:
-            raise ValueError(f"{name} {denoise:g} needs a schedule of {scheduler_steps(options.steps, denoise)} "
-                             f"steps to run one; this model's scheduler runs at most {limit}: raise it to at least "
-                             f"{1 / limit:.3g}")
+        needed = scheduler_steps(options.steps, denoise) if denoise > 0 else 0
+        if needed > limit:
+            raise ValueError(f"{name} {denoise:g} needs a schedule of {needed} steps to run one; this model's "
+                             f"scheduler runs at most {limit}: raise it to at least {1 / limit:.3g}")
 
 
 def _composition(options: GenerateOptions, backend: Backend, depth_map) -> str:
