@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_cpu_stack import loadavg  # noqa: E402
+from stack_timing import loadavg  # noqa: E402
 from bench_diffusers_gpu import FAMILIES, TAESD, tiny  # noqa: E402
 
 

@@ -1,23 +1,28 @@
 """GPU speed of the diffusers backend with full-size SD1.5 and SDXL depth-ControlNet pipelines.
 
-Usage: python bench/bench_diffusers_gpu.py [--only sd15,sdxl,lcm] [--steps 25] [--repeat 2] [--json out.json]
+Usage: python bench/bench_diffusers_gpu.py [--only sd15,sdxl] [--stacks PRESETS] [--steps 25] [--repeat 2]
+                                          [--json out.json]
        python bench/bench_diffusers_gpu.py --dry-run     (CPU: checks the model building and the timing code)
 
 No hub access is needed: the UNet, ControlNet, VAE and text encoders are built from their published configs
 (written out below) with random weights, in float16 on the GPU; speed does not depend on weight values. The
-tokenizer is the byte-level one of the tests (it only has to produce ids; every prompt is padded to 77).
+tokenizer is the byte-level one of the tests (it only has to produce ids; about one token per character, so a
+dense prompt fills the backend's prompt chunks and the text encoding is timed on the high side).
 
-Cases, per family (SD1.5 at 512x768, SDXL at 832x1216, 25 steps, guidance 6 / 5):
+Cases, per family (--only; SD1.5 at 512x768, SDXL at 832x1216, 25 steps, guidance 6 / 5):
   one image            the backend rendering one layer
   stack batched        three layers, per-layer strengths (0.6, 1.0, 1.0), one pipeline call
   stack one by one     the same three layers, three calls
   diffusers 1 image    StableDiffusion(XL)ControlNetPipeline called directly with a prompt string
   diffusers batch 3    the pipeline called directly with three prompts / control images / generators
-and for the few-step preset (LCM-distilled SD1.5 UNet, 4 steps, 512x768) the whole stack: plan, depth maps,
-render, matting and composite, through layers.pipeline.build_stack.
+Whole stacks (--stacks; every preset by default, at its family's size): what `generate --backend diffusers
+--preset P` renders with the preset's own defaults (steps, guidance, scheduler, eta, ControlNet end, background
+fill), in the default plate composition: plan, the plate, its depth estimate and decomposition, the background
+inpainted and the midground and foreground repainted, matting, the harmonising pass and the composite; the first
+stack cold, then the median of --repeat warm ones, with the picture-steps the UNet ran and the seconds per stage.
 Reported: wall seconds, denoising it/s and ms per step (from step-callback timestamps, so text encoding and
 VAE decoding are excluded), peak GPU memory. Targets: stack batched <= 1.6x one image; our ms/step within a
-few % of diffusers' own at the same batch; few-step stack <= 1 s on an H100.
+few % of diffusers' own at the same batch.
 
 --dry-run builds every full-size component on the meta device (no memory) and prints its parameter count
 next to the published one, then runs all cases with tiny versions of the same configs on the CPU.
@@ -305,42 +310,55 @@ def bench_family(family, pipe, args, device, rows):
     measure("diffusers batch 3", 3, lambda c: direct(3, c))
 
 
-def bench_fast_stack(pipe, args, device, rows):
-    """The few-step preset end to end: plan, depth maps, render, matting, composite."""
-    import torch
+STACK_PRESETS = {"sd15": "sd15", "hyper-sd15": "sd15", "lcm-sd15": "lcm", "sdxl": "sdxl", "lightning-sdxl": "sdxl"}
+"""The presets whose whole stack is timed, and the architecture each runs (a LoRA preset runs its base model's: the
+LoRA is fused into the UNet's weights at load and its adapter dropped, so a step costs what the base model's does;
+what the preset changes is the scheduler, swapped in by from_pipeline(preset=...), the steps, guidance and eta)."""
+SEED_PROMPT = ROOT / "seeds" / "002_velvet_planetarium.txt"
 
+
+def bench_preset_stacks(family, pipe, presets, args, rows):
+    """Each preset's whole default stack, as `generate --backend diffusers --preset P` renders it on this device:
+    plan, the plate, its depth estimate (Depth Anything V2 Small, random weights, on the same device) and
+    decomposition, the background inpainted and the midground and foreground repainted from the plate, matting
+    (closed-form: no segmenter weights can be fetched here), the harmonising pass and the composite. The first
+    stack of each preset is reported apart (cold: kernels, cuDNN autotuning), then the median of `--repeat`."""
     from layers.backends.diffusers import DiffusersBackend
-    from layers.pipeline import GenerateOptions, build_stack
+    from layers.pipeline import GenerateOptions
+    from stack_timing import build_depth_anything_small, picture_steps, run_stack
 
-    from layers.plan import plan_scene
-
-    cuda = device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    w, h = (96, 64) if args.dry_run else FAMILIES["lcm"]["size"]
-    backend = DiffusersBackend.from_pipeline(pipe, model="random lcm-sd15")
-    options = GenerateOptions(steps=4, guidance=8.0, video=False)
-    prompt = "a ruined gothic cathedral at dusk, two pilgrims in red cloaks, broken pillars and ivy in the foreground"
-    plan = plan_scene(prompt, seed=1, width=w, height=h, count_tokens=backend.count_tokens)
-    build_stack(plan, backend, options=options)  # warm-up
-    times, parts = [], []
-    for _ in range(args.repeat):
-        sync()
-        t = time.perf_counter()
-        result = build_stack(plan, backend, options=options)
-        result.stack.composite()
-        sync()
-        times.append(time.perf_counter() - t)
-        parts.append(result.timings)
-    sec = statistics.median(times)
-    split = ", ".join(f"{k} {statistics.median(p[k] for p in parts):.3f}s" for k in parts[0])
-    rows.append(dict(model="lcm", case="whole stack (render+matte+composite)", size=f"{w}x{h}", steps=4,
-                     batch=3, seconds=sec, it_s=float("nan"), ms_step=float("nan"), peak_gib=float("nan"),
-                     note=split))
+    w, h = (96, 64) if args.dry_run else FAMILIES[family]["size"]
+    estimator = build_depth_anything_small(Path(tempfile.mkdtemp(prefix="bench_gpu_da_")), small=args.dry_run)
+    prompt = SEED_PROMPT.read_text(encoding="utf-8").strip()
+    own_scheduler = pipe.scheduler
+    for preset in presets:
+        pipe.scheduler = own_scheduler  # a preset without a scheduler of its own keeps the model's
+        backend = DiffusersBackend.from_pipeline(pipe, model=f"random {preset}", preset=preset)
+        options = GenerateOptions.for_backend(backend, video=False, depth_model=str(estimator),
+                                              matte_model="closed-form")
+        steps = 2 if args.dry_run else options.steps
+        if steps != options.steps:
+            options = GenerateOptions.for_backend(backend, steps=steps, video=False, depth_model=str(estimator),
+                                                  matte_model="closed-form")
+        what = f"{preset}, {steps} steps, guidance {options.guidance:g}, {backend.model_info['scheduler']}"
+        times = []
+        for k in range(1 + args.repeat):
+            print(f"\n{what} ({'cold' if k == 0 else 'warm'}):", flush=True)
+            got = run_stack(backend, options, w, h, what, prompt)
+            times.append(got)
+        warm = sorted(times[1:], key=lambda r: r["wall"])[len(times[1:]) // 2]
+        for label, r in (("whole stack, cold", times[0]), ("whole stack, warm", warm)):
+            rows.append(dict(model=preset, case=label, size=f"{w}x{h}", steps=steps, batch=3, seconds=r["wall"],
+                             it_s=float("nan"), ms_step=float("nan"), peak_gib=r.get("peak_gib", float("nan")),
+                             note=f"{r['picture_steps']} picture-steps; {r['stages']}"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="sd15,sdxl,lcm", help="families to run (default %(default)s)")
+    ap.add_argument("--only", default="sd15,sdxl", help="families whose one-image / three-layer renders are timed "
+                    "(sd15, sdxl; default %(default)s)")
+    ap.add_argument("--stacks", default=",".join(STACK_PRESETS),
+                    help="presets whose whole default stack is timed (default %(default)s)")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16"])
@@ -364,32 +382,40 @@ def main() -> None:
     else:
         sys.exit("no CUDA device: this benchmark needs a GPU (use --dry-run to check it on a CPU)")
 
+    cases = [f.strip() for f in args.only.split(",") if f.strip()]
+    stacks = [p.strip() for p in args.stacks.split(",") if p.strip()]
+    for family in cases:
+        if family not in ("sd15", "sdxl"):
+            sys.exit(f"--only: unknown family {family!r}; choose from sd15, sdxl")
+    for preset in stacks:
+        if preset not in STACK_PRESETS:
+            sys.exit(f"--stacks: unknown preset {preset!r}; choose from {', '.join(STACK_PRESETS)}")
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = write_clip_tokenizer(Path(tmp) / "tokenizer")
-        for family in [f.strip() for f in args.only.split(",") if f.strip()]:
-            if family not in FAMILIES:
-                sys.exit(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+        for family in [f for f in FAMILIES if f in cases or any(STACK_PRESETS[p] == f for p in stacks)]:
             t = time.perf_counter()
             pipe = build_pipeline(family, device, dtype, tokenizer, small=args.dry_run)
             print(f"{family}: built in {time.perf_counter() - t:.1f}s", flush=True)
-            if family == "lcm":
-                bench_fast_stack(pipe, args, device, rows)
-            else:
+            if family in cases:
                 bench_family(family, pipe, args, device, rows)
+            presets = [p for p in stacks if STACK_PRESETS[p] == family]
+            if presets:
+                bench_preset_stacks(family, pipe, presets, args, rows)
             del pipe
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    print(f"\n{'model':<6}{'case':<38}{'size':>10}{'steps':>6}{'batch':>6}{'seconds':>9}{'it/s':>7}{'ms/step':>9}"
+    print(f"\n{'model':<15}{'case':<26}{'size':>10}{'steps':>6}{'batch':>6}{'seconds':>9}{'it/s':>7}{'ms/step':>9}"
           f"{'peak GiB':>9}{'x one':>7}")
     for r in rows:
-        one = next((x["seconds"] for x in rows if x["model"] == r["model"] and x["case"] == "one image"), None)
+        one = next((x["seconds"] for x in rows if x["model"] == r["model"] and x["case"] == "one image"
+                    and not r["case"].startswith("whole stack")), None)
         ratio = f"{r['seconds'] / one:.2f}" if one else ""
-        print(f"{r['model']:<6}{r['case']:<38}{r['size']:>10}{r['steps']:>6}{str(r['batch']):>6}{r['seconds']:>9.2f}"
+        print(f"{r['model']:<15}{r['case']:<26}{r['size']:>10}{r['steps']:>6}{str(r['batch']):>6}{r['seconds']:>9.2f}"
               f"{r['it_s']:>7.2f}{r['ms_step']:>9.1f}{r['peak_gib']:>9.2f}{ratio:>7}")
         if r.get("note"):
-            print(f"{'':<6}  {r['note']}")
+            print(f"{'':<15}  {r['note']}")
     for fam in ("sd15", "sdxl"):
         get = {r["case"]: r for r in rows if r["model"] == fam}
         if "stack batched" in get and "diffusers batch 3" in get:

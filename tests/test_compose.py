@@ -470,3 +470,51 @@ def test_settings_a_few_step_scheduler_cannot_run_are_refused_before_any_work(ti
     finally:
         handle.remove()
     assert calls == [] and reports == []  # no step, not even the depth maps
+
+
+def test_the_whole_prompt_is_encoded_once_for_the_plate_and_the_harmonising_pass(tiny_sd15_dir,
+                                                                                 tiny_depth_anything_dir,
+                                                                                 monkeypatch):
+    import layers.backends.diffusers.prompts as prompts
+
+    def stack_and_encodings(kept: int):
+        monkeypatch.setattr(prompts, "KEPT_ENCODINGS", kept)
+        fresh = DiffusersBackend(model=str(tiny_sd15_dir))
+        texts, runs = [], []
+        encode = fresh._encode
+        fresh._encode = lambda text, **kw: (texts.append(text), encode(text, **kw))[1]
+        hook = fresh.pipe.text_encoder.register_forward_hook(lambda module, args, out: runs.append(args[0].shape[0]))
+        try:
+            result = generate(PROMPT, fresh, seed=5, width=W, height=H, options=options(tiny_depth_anything_dir))
+        finally:
+            hook.remove()
+        return result, texts, sum(runs)
+
+    kept, texts, chunks = stack_and_encodings(prompts.KEPT_ENCODINGS)
+    unkept, texts_each_time, chunks_each_time = stack_and_encodings(0)
+    plate_chunks = kept.render_info["plate"]["render"]["layers"]["plate"]["chunks"]
+    assert plate_chunks >= 2
+    # without keeping, the harmonising pass runs the text encoder over the whole prompt a second time
+    assert texts_each_time.count(PROMPT) == 2 and texts.count(PROMPT) == 1
+    # kept, every distinct text (the negative prompts too) is encoded once
+    assert sorted(texts) == sorted(set(texts_each_time))
+    assert chunks <= chunks_each_time - plate_chunks
+    # and the stack is the same to the byte
+    assert all(same_stack(kept, unkept))
+    assert np.array_equal(np.asarray(kept.plate), np.asarray(unkept.plate))
+    assert kept.render_info["harmonize"]["steps_run"] == unkept.render_info["harmonize"]["steps_run"] >= 1
+
+
+def test_kept_encodings_are_bounded_and_the_least_recent_goes_first(backend, monkeypatch):
+    import layers.backends.diffusers.prompts as prompts
+
+    monkeypatch.setattr(prompts, "KEPT_ENCODINGS", 2)
+    backend._kept_encodings.clear()
+    first = backend._encode_kept("a red door")[0]
+    backend._encode_kept("a blue door")
+    assert backend._encode_kept("a red door")[0] is first  # kept, and now the most recent
+    backend._encode_kept("a green door")  # drops the blue door, the least recently used
+    assert [key[0] for key in backend._kept_encodings] == ["a red door", "a green door"]
+    report = backend._encode_kept("a red door")[1]
+    report["chunk_texts"].append("changed by a caller")
+    assert backend._encode_kept("a red door")[1]["chunk_texts"] == ["a red door"]

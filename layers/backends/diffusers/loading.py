@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Optional, Self
 
@@ -155,6 +156,7 @@ class LoadingMixin:
         self._device = torch.device(device)
         self._memory_savers = False
         self._empty: Optional[_Encoded] = None
+        self._kept_encodings: OrderedDict = OrderedDict()
         self._commas: dict[int, set] = {}
         self._pipeline_seconds = 0.0
         self._repaint_pipes: dict[str, Any] = {}
