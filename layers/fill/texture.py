@@ -154,6 +154,10 @@ def texture_fill(image: np.ndarray, source: np.ndarray, hole: np.ndarray, *, dep
         return out[..., 0] if flat else out
     dist = ndimage.distance_transform_edt(hole).astype(np.float32)
     levels = _pyramid(base, float(dist.max()), r)
+    # The finest levels, which refine only near the hole's edge, compare colours alone: the features matter where
+    # the hole is laid out (the coarsest level, and the next), and cost most at full size.
+    for lv in levels[:min(EDGE_LEVELS + 1, len(levels) - 1)]:
+        lv.img = np.ascontiguousarray(lv.img[..., :channels])
 
     rng = np.random.default_rng(seed)
     state = int(rng.integers(1, 2**62))
