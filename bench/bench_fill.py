@@ -15,7 +15,10 @@ on a gentle slope; the occluder near) and the background layer is scored inside 
   fill's own call on the same layer and hidden part (the two fills of ``layers.decompose`` on the inputs it
   gave the texture fill).
 
-Methods, side by side: ``smooth`` (push-pull, ``fill="smooth"``), ``texture`` (``fill="texture"``, the
+Methods, side by side: ``oracle`` (a bound, not a fill: each hidden pixel takes the centre of the visible
+source patch nearest to the *true* patch around it, PatchMatch against the truth, the texture fill's patch
+size; what copying only the layer's visible pixels could reach at best, so where even it falls short of a
+target no such fill meets it), ``smooth`` (push-pull, ``fill="smooth"``), ``texture`` (``fill="texture"``, the
 default), and, when installed (``pip install opencv-contrib-python-headless patchmatch-cython``): OpenCV's
 ``cv2.inpaint`` Telea and Navier-Stokes, opencv-contrib's ``xphoto.inpaint`` frequency-selective
 reconstruction (fast; ``--slow`` adds its best mode and shift-map, tens of seconds to minutes a fill here),
@@ -176,6 +179,34 @@ def library_methods(slow: bool) -> dict:
     return methods
 
 
+ORACLE_SCANS = 8
+"""PatchMatch scans of the oracle's search (from 4 to 10 scans its texture ratio moved by 0.01 on average)."""
+
+
+def oracle_fill(truth: np.ndarray, source: np.ndarray, hole: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Each hole pixel takes the centre of the source patch nearest to the true patch around it (a bound)."""
+    from scipy import ndimage
+
+    from layers.fill import TextureSettings
+    from layers.fill.patchmatch import patchmatch
+
+    r = TextureSettings().patch // 2
+    truth = np.ascontiguousarray(truth, np.float32)
+    src_ok = ndimage.minimum_filter(source, size=2 * r + 1, mode="constant", cval=False)
+    sy, sx = (a.astype(np.int64) for a in np.nonzero(src_ok))
+    cy, cx = (a.astype(np.int64) for a in np.nonzero(hole))
+    index = np.full(hole.shape, -1, np.int64)
+    index[cy, cx] = np.arange(cy.size)
+    rng = np.random.default_rng(seed)
+    pick = rng.integers(0, sy.size, cy.size)
+    ny, nx = sy[pick].copy(), sx[pick].copy()
+    patchmatch(truth, np.ones(hole.shape, bool), np.zeros(hole.shape + (1,), np.float32), src_ok, cy, cx, index,
+               ny, nx, ORACLE_SCANS, r, int(max(hole.shape)), int(rng.integers(1, 2**62)))
+    out = truth.copy()
+    out[cy, cx] = truth[ny, nx]
+    return out
+
+
 def _timed(call):
     """(call's result, wall seconds, this process's CPU seconds)."""
     t, cpu = time.perf_counter(), time.process_time()
@@ -213,6 +244,11 @@ def run_case(photo_name: str, photo: np.ndarray, kind: str, methods: dict, save)
     _, smooth_s, smooth_cpu = _timed(lambda: push_pull(image, source.astype(np.float32)))
     _, texture_s, texture_cpu = _timed(lambda: texture_fill(*args, **kwargs))
     rows, views = [], {}
+    oracle, oracle_s, oracle_cpu = _timed(lambda: oracle_fill(photo, source, args[2]))
+    smooth_view = np.asarray(smooth.stack["background"].rgba.convert("RGB"), np.float32) / 255.0
+    views["oracle"] = np.where(args[2][..., None], np.round(oracle * 255) / 255, smooth_view)
+    rows.append({"photo": photo_name, "occluder": kind, "method": "oracle", "seconds": round(oracle_s, 3),
+                 "cpu_seconds": round(oracle_cpu, 3), **scores(views["oracle"], photo, region)})
     for name, result, seconds, cpu in (("smooth", smooth, smooth_s, smooth_cpu),
                                        ("texture", textured, texture_s, texture_cpu)):
         views[name] = np.asarray(result.stack["background"].rgba.convert("RGB"), np.float32) / 255.0
@@ -227,7 +263,7 @@ def run_case(photo_name: str, photo: np.ndarray, kind: str, methods: dict, save)
                      "cpu_seconds": round(cpu, 3), **scores(views[name], photo, region)})
     if save is not None:
         save.mkdir(parents=True, exist_ok=True)
-        strip = [photo, comp.astype(np.float32) / 255.0] + [views[k] for k in views]
+        strip = [photo, comp.astype(np.float32) / 255.0] + [views[k] for k in views if k != "oracle"]
         Image.fromarray(np.clip(np.hstack(strip) * 255 + 0.5, 0, 255).astype(np.uint8)).save(
             save / f"{photo_name}-{kind}.png")
     return rows
@@ -263,6 +299,24 @@ def summary(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     return per_method, per_photo
 
 
+def per_case(rows: list[dict]) -> list[dict]:
+    """Each case's texture ratio for smooth, texture and the oracle, and whether the target is met, out of
+    reach of any fill of the visible pixels (the oracle's below it), or missed though the oracle meets it."""
+    lo, hi = TARGETS["texture"]
+    out = []
+    for photo, kind in dict.fromkeys((r["photo"], r["occluder"]) for r in rows):
+        got = {r["method"]: r["texture"] for r in rows if r["photo"] == photo and r["occluder"] == kind}
+        if lo <= got["texture"] <= hi:
+            verdict = "met"
+        elif "oracle" in got and not lo <= got["oracle"] <= hi:
+            verdict = "out of reach"
+        else:
+            verdict = "missed"
+        out.append({"photo": photo, "occluder": kind, **{m: got.get(m) for m in ("smooth", "texture", "oracle")},
+                    "verdict": verdict})
+    return out
+
+
 def print_tables(rows: list[dict]) -> None:
     per_method, per_photo = summary(rows)
     photos = len({r["photo"] for r in rows})
@@ -281,6 +335,16 @@ def print_tables(rows: list[dict]) -> None:
         print(f"| {e['photo']} | {s['psnr']:.2f} / {t['psnr']:.2f} | {s['ssim']:.3f} / {t['ssim']:.3f} "
               f"| {s['texture_min']:.2f}-{s['texture_max']:.2f} / {t['texture_min']:.2f}-{t['texture_max']:.2f} "
               f"| {'met' if e['meets'] else 'missed'} |")
+    cases = per_case(rows)
+    counts = {v: sum(c["verdict"] == v for c in cases) for v in ("met", "out of reach", "missed")}
+    print(f"\nTexture ratio per case (target {TARGETS['texture'][0]}-{TARGETS['texture'][1]}; oracle: the truth's "
+          f"nearest visible patches): {counts['met']} met, {counts['out of reach']} out of reach of any fill of the "
+          f"visible pixels, {counts['missed']} missed\n\n| photo | occluder | smooth | texture | oracle | |\n"
+          "| --- | --- | --- | --- | --- | --- |")
+    for c in cases:
+        oracle = "-" if c["oracle"] is None else f"{c['oracle']:.2f}"
+        print(f"| {c['photo']} | {c['occluder']} | {c['smooth']:.2f} | {c['texture']:.2f} | {oracle} "
+              f"| {c['verdict']} |")
 
 
 def whole_decompose(work: Path) -> list[dict]:

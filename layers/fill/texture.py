@@ -7,8 +7,10 @@
    source patch most like what is already known around it; a filled neighbour's match, shifted by one pixel,
    is always a candidate, so an edge or a line that meets the hole carries on into it.
 3. **Match and copy** (PatchMatch, Barnes et al. 2009): every patch touching the hole looks for the source
-   patch most like it (colour, plus the depth difference of the centres, so a hole takes texture from the
-   layer's pixels at its own depth), and each hole pixel copies the centre of its own patch's match; a few
+   patch most like it (colour; texture features, the local mean absolute gradients, Newson et al. 2014, which
+   a coarse level keeps where its averaged colours have lost the fine texture: without them a flat patch is
+   nearer to a texture than the same texture out of phase, and the fill comes out flat; plus the depth
+   difference of the centres, so a hole takes texture from the layer's pixels at its own depth); each hole pixel copies the centre of its own patch's match; a few
    rounds per level. Copying centres keeps the texture as sharp as the source's (averaging what the
    overlapping patches vote for, tried first, blurred it).
 4. **Upward.** The field of matches is carried to the next finer level (each match doubled), which starts from
@@ -17,7 +19,7 @@
 5. **Tones.** Below ``tone_sigma`` the colours are brought to the smooth push-pull fill's: patches from
    elsewhere in the picture carry their own shading, the surroundings of the hole decide it. Structure from
    diffusion, texture from patches (Bertalmio et al. 2003). Over the first ``feather`` pixels the fill fades
-   into the smooth one, so no seam shows where it meets the picture.
+   linearly into the smooth one, so no seam shows where it meets the picture.
 
 Deterministic for a seed: one thread, a fixed scan order, a seeded generator.
 """
@@ -44,9 +46,9 @@ class TextureSettings:
     difference (0..100; 0 = depth plays no part)."""
     tone_sigma: float = 4.0
     """Scale (Gaussian sigma, px) below which the colours follow the smooth fill, 0..32 (0 = the patches alone)."""
-    feather: float = 2.0
-    """Distance (px) over which the fill fades into the smooth fill at the hole's edge, 0..16 (0 = no fade): no
-    seam where the hole meets the picture."""
+    feather: float = 3.0
+    """Distance (px) over which the fill fades linearly into the smooth fill at the hole's edge, 0..16 (0 = no
+    fade): no seam where the hole meets the picture, and the fill's own texture beyond it."""
     coarse_rounds: int = 3
     """Match-and-copy rounds per coarser level, 1..10."""
     fine_rounds: int = 1
@@ -56,6 +58,11 @@ class TextureSettings:
     """PatchMatch scans per round, 1..10."""
     samples: int = 32
     """Random source patches tried per pixel when the coarsest hole is peeled, 1..1000."""
+    texture_weight: float = 3.0
+    """Weight of the texture features (local mean absolute gradients) compared alongside the colours, 0..100
+    (0 = colours alone): without them a flat patch is the nearest to a texture it does not line up with."""
+    texture_window: int = 5
+    """Side of the window the texture features average over, px (odd, 1..15)."""
 
     def __post_init__(self):
         if isinstance(self.patch, bool) or not isinstance(self.patch, int) or not 3 <= self.patch <= 15 \
@@ -67,6 +74,11 @@ class TextureSettings:
             raise ValueError(f"tone_sigma must be in [0, 32], got {self.tone_sigma!r}")
         if not 0.0 <= self.feather <= 16.0:
             raise ValueError(f"feather must be in [0, 16], got {self.feather!r}")
+        if not 0.0 <= self.texture_weight <= 100.0:
+            raise ValueError(f"texture_weight must be in [0, 100], got {self.texture_weight!r}")
+        if isinstance(self.texture_window, bool) or not isinstance(self.texture_window, int) \
+                or not 1 <= self.texture_window <= 15 or self.texture_window % 2 == 0:
+            raise ValueError(f"texture_window must be an odd whole number in 1..15, got {self.texture_window!r}")
         for name, lo, hi in (("coarse_rounds", 1, 10), ("fine_rounds", 0, 10), ("scans", 1, 10), ("samples", 1, 1000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
@@ -131,12 +143,21 @@ def texture_fill(image: np.ndarray, source: np.ndarray, hole: np.ndarray, *, dep
     scale = np.float32(np.sqrt(settings.depth_weight) * settings.patch) if depth is not None else np.float32(0)
     guide = (np.zeros(hole.shape, np.float32) if depth is None
              else np.asarray(depth, dtype=np.float32) * scale)[..., None]
-    base = _Level(img.copy(), source, hole, valid, guide)
+    channels = img.shape[2]
+    work = img
+    if settings.texture_weight > 0:
+        work = np.concatenate([img, _texture_features(img, valid & ~hole, settings.texture_window)
+                               * np.float32(settings.texture_weight)], axis=2)
+    base = _Level(work.copy(), source, hole, valid, guide)
     if not base.prepare(r):
         out[hole] = smooth[hole]
         return out[..., 0] if flat else out
     dist = ndimage.distance_transform_edt(hole).astype(np.float32)
     levels = _pyramid(base, float(dist.max()), r)
+    # The finest levels, which refine only near the hole's edge, compare colours alone: the features matter where
+    # the hole is laid out (the coarsest level, and the next), and cost most at full size.
+    for lv in levels[:min(EDGE_LEVELS + 1, len(levels) - 1)]:
+        lv.img = np.ascontiguousarray(lv.img[..., :channels])
 
     rng = np.random.default_rng(seed)
     state = int(rng.integers(1, 2**62))
@@ -159,12 +180,12 @@ def texture_fill(image: np.ndarray, source: np.ndarray, hole: np.ndarray, *, dep
             state = _match(lv, ny, nx, centres, settings.scans, r, reach, state)
             lv.copy_centres(ny, nx)
         field = (ny, nx)
-    filled = levels[0].img
+    filled = levels[0].img[..., :channels]
     if settings.tone_sigma > 0:
         sigma = (settings.tone_sigma, settings.tone_sigma, 0)
         filled = filled + ndimage.gaussian_filter(smooth - filled, sigma)
     if settings.feather > 0:
-        fade = np.exp((1.0 - dist) / np.float32(settings.feather))[..., None]
+        fade = np.clip(1.0 - (dist - 1.0) / np.float32(settings.feather), 0.0, 1.0)[..., None]
         filled = filled + fade * (smooth - filled)
     out[hole] = filled[hole]
     return out[..., 0] if flat else out
@@ -229,6 +250,24 @@ class _Level:
         """Each hole pixel takes the centre of its own patch's match."""
         j = self.hole_index
         self.img[self.hole] = self.img[ny[j], nx[j]]
+
+
+def _texture_features(img: np.ndarray, known: np.ndarray, window: int) -> np.ndarray:
+    """float32 (H, W, 2): the mean absolute horizontal and vertical gradient of the grey picture over a window,
+    from the known pixels' differences only (Newson et al. 2014); what a coarser level still knows of the fine
+    texture once the colours are averaged."""
+    from scipy import ndimage
+
+    grey = img.mean(axis=2)
+    out = np.zeros(img.shape[:2] + (2,), np.float32)
+    for axis in (0, 1):
+        diff = np.abs(np.diff(grey, axis=axis))
+        ok = known[1:, :] & known[:-1, :] if axis == 0 else known[:, 1:] & known[:, :-1]
+        pad = ((0, 1), (0, 0)) if axis == 0 else ((0, 0), (0, 1))
+        diff, ok = np.pad(diff * ok, pad), np.pad(ok, pad).astype(np.float32)
+        total = ndimage.uniform_filter(ok, window, mode="constant")
+        out[..., axis] = ndimage.uniform_filter(diff, window, mode="constant") / np.maximum(total, 1e-6)
+    return out
 
 
 def _whole_patches(source: np.ndarray, r: int) -> np.ndarray:
