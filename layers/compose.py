@@ -274,9 +274,15 @@ def recompose_layer(plan, backend, plate: Image.Image, plate_depth: np.ndarray, 
 
 def _cut(plate: Image.Image, plate_depth: np.ndarray, plan, settings: ComposeSettings) -> Decomposition:
     """The plate in three depth layers, each completed behind the nearer ones (the scene seed seeds the fill, so
-    regenerating a layer cuts the very same layers again)."""
+    regenerating a layer cuts the very same layers again).
+
+    At a fill denoise of 1 the background's hidden part is inpainted from pure noise: no pixel of its fill is kept
+    (its only trace is through the VAE encoding of the surroundings, whose latents see a little past the grown
+    mask), so it takes the smooth fill instead of the texture fill, which on a GPU is most of a few-step stack's
+    time (bench/bench_diffusers_gpu.py)."""
+    discarded = (NAMES[0],) if settings.fill_denoise >= 1.0 else ()
     return decompose(plate, plate_depth, layers=len(NAMES), seed=int(plan.seed),
-                     settings=DecomposeSettings(fill=settings.fill))
+                     settings=DecomposeSettings(fill=settings.fill), discarded=discarded)
 
 
 def _render_settings(plan, steps: int, guidance: float, settings: ComposeSettings) -> RenderSettings:

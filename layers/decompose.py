@@ -310,7 +310,7 @@ def check_layer_count(layers) -> Optional[int]:
 def decompose(image: Image.Image, depth, *, layers: LayerCount = 3, thresholds: Optional[Sequence[float]] = None,
               session: Any = None, backend: Any = None, seed: int = 0,
               settings: DecomposeSettings = DecomposeSettings(), progress: Optional[Progress] = None,
-              ) -> Decomposition:
+              discarded: Sequence[str] = ()) -> Decomposition:
     """Split a picture into depth layers whose hidden parts are filled.
 
     Args:
@@ -324,6 +324,9 @@ def decompose(image: Image.Image, depth, *, layers: LayerCount = 3, thresholds: 
         seed: seed of the texture fill or of the repainting (one per layer derived from it).
         settings: edge width, fill ("texture" or "smooth"), repaint prompt.
         progress: called with (fraction, description).
+        discarded: names of layers whose hidden colour the caller replaces wholesale (a plate's background that
+            is inpainted from noise): the texture fill's pixels would never be seen there, so such a layer gets the
+            smooth fill, a fraction of the time (the fill recorded in ``info["smooth"]``).
 
     Returns:
         The Decomposition.
@@ -342,6 +345,9 @@ def decompose(image: Image.Image, depth, *, layers: LayerCount = 3, thresholds: 
     else:
         cuts = choose_thresholds(d, layers, min_share=settings.min_share)
     names = layer_names(len(cuts) + 1)
+    unknown = sorted(set(discarded) - set(names))
+    if unknown:
+        raise ValueError(f"discarded names no layer of {', '.join(names)}: {', '.join(unknown)}")
     rgb = np.asarray(picture, dtype=np.float32) / 255.0
     band = np.searchsorted(np.asarray(cuts, np.float32), d, side="right")  # 0 = farthest band
     timings["thresholds"] = time.perf_counter() - t0
@@ -354,12 +360,15 @@ def decompose(image: Image.Image, depth, *, layers: LayerCount = 3, thresholds: 
     t = time.perf_counter()
     report(0.4, "separating colours")
     seeds = [_layer_seed(seed, k) for k in range(len(names))]
-    colours, visible, filled, depths = _peel(rgb, d, band, alphas, settings, seeds)
+    smooth = {k for k, name in enumerate(names) if name in discarded}
+    colours, visible, filled, depths = _peel(rgb, d, band, alphas, settings, seeds, smooth)
     timings["fill"] = time.perf_counter() - t
     info: dict = {"layers": len(names), "layer_count": "auto" if thresholds is None and check_layer_count(layers) is None
                   else "given", "thresholds": list(cuts), "fill": settings.fill}
     if settings.fill == "texture":
-        info["seeds"] = {names[k]: seeds[k] for k in range(len(names)) if filled[k].any()}
+        info["seeds"] = {names[k]: seeds[k] for k in range(len(names)) if filled[k].any() and k not in smooth}
+        if smooth:
+            info["smooth"] = [names[k] for k in sorted(smooth)]
 
     if backend is not None and callable(getattr(backend, "repaint", None)):
         t = time.perf_counter()
@@ -429,8 +438,10 @@ def _layer_alphas(picture: Image.Image, band: np.ndarray, count: int, session, s
     return alphas
 
 
-def _peel(rgb: np.ndarray, d: np.ndarray, band: np.ndarray, alphas, settings: DecomposeSettings, seeds):
-    """Front to back: each layer's colour and what is behind it, exact where seen, filled where hidden.
+def _peel(rgb: np.ndarray, d: np.ndarray, band: np.ndarray, alphas, settings: DecomposeSettings, seeds,
+          smooth: set = frozenset()):
+    """Front to back: each layer's colour and what is behind it, exact where seen, filled where hidden (the
+    layers whose index is in `smooth` with the smooth fill whatever the settings say).
 
     Returns (colours, visible, filled, depths), lists back to front.
     """
@@ -461,7 +472,7 @@ def _peel(rgb: np.ndarray, d: np.ndarray, band: np.ndarray, alphas, settings: De
             depth_weight = own
         fill_depth = push_pull(d, depth_weight * _farness(d, depth_weight, settings.far_bias))
         depths[k] = np.where(depth_weight, d, fill_depth).astype(np.float32)
-        if settings.fill == "texture" and hidden.any():
+        if settings.fill == "texture" and hidden.any() and k not in smooth:
             # Only hidden pixels change, which the split below never reads: the fills can run afterwards.
             textures.append((k, behind, own, seen, a, hidden, depths[k]))
         if k > 0:

@@ -284,6 +284,39 @@ def test_the_background_inpaint_starts_from_the_chosen_fill():
     assert GenerateOptions(fill="smooth").compose_settings().fill == "smooth"
 
 
+def test_a_background_inpainted_from_noise_is_cut_with_the_smooth_fill_and_the_midground_keeps_its_texture():
+    """At a fill denoise of 1 the background's hidden part starts from noise: the texture fill's pixels would never
+    be seen there, so the cut gives the background the smooth fill (a fraction of the time); the midground, which
+    is repainted from its colours, keeps the texture fill."""
+    from layers.compose import ComposeSettings, _cut, _layer_request
+    from layers.plan import plan_scene
+
+    plan = plan_scene(PROMPT, 5, width=W, height=H)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:H, 0:W]
+    plate = (96 + 96 * ((x // 4 + y // 4) % 2)[..., None] + rng.integers(0, 32, (H, W, 3))).astype(np.uint8)
+    depth = np.where((x - 48) ** 2 + (y - 64) ** 2 < 20 ** 2, 0.9,
+                     np.where(np.abs(x - 48) < 30, 0.5, 0.1)).astype(np.float32)
+    cut = {d: _cut(Image.fromarray(plate), depth, plan, ComposeSettings(fill="texture", fill_denoise=d))
+           for d in (1.0, 0.75)}
+    smooth = _cut(Image.fromarray(plate), depth, plan, ComposeSettings(fill="smooth", fill_denoise=1.0))
+    assert cut[1.0].info["smooth"] == ["background"] and "background" not in cut[1.0].info["seeds"]
+    assert "smooth" not in cut[0.75].info and "background" in cut[0.75].info["seeds"]
+    assert cut[1.0].filled["background"].any() and cut[1.0].filled["midground"].any()
+
+    def colour(parts, name):
+        return np.asarray(parts.stack[name].rgba.convert("RGB"))
+
+    assert np.array_equal(colour(cut[1.0], "background"), colour(smooth, "background"))
+    assert not np.array_equal(colour(cut[0.75], "background"), colour(smooth, "background"))
+    assert np.array_equal(colour(cut[1.0], "midground"), colour(cut[0.75], "midground"))
+    assert not np.array_equal(colour(cut[1.0], "midground"), colour(smooth, "midground"))
+    request = _layer_request(plan, cut[1.0], "background", 0.6, ComposeSettings(fill_denoise=1.0))
+    assert request.denoise == 1.0 and request.mask is not None
+    with pytest.raises(ValueError, match="discarded names no layer of background, midground, foreground: sky"):
+        decompose(Image.fromarray(plate), depth, layers=3, discarded=("sky",))
+
+
 def test_draft_mode_keeps_the_scaffold_and_plate_needs_a_model(tiny_depth_anything_dir):
     from layers.backends.draft import DraftBackend
 
