@@ -208,6 +208,20 @@ class Studio:
         removed = folders.clean_stale(self.runs_root)  # a crashed server's half-written folders, right away
         if removed:
             log.info("removed %d staging folder(s) left by a stopped server", len(removed))
+        # The cut's compiled kernels take 40-90 s the first time after installing: paid while the studio comes up,
+        # not by its first request (which waits for it if it comes sooner, as it would have anyway).
+        self.warmed = threading.Event()
+        threading.Thread(target=self._warm_up, name="layercake-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        from .decompose import warm_up
+
+        try:
+            log.info("compiled kernels ready in %.1f s", warm_up())
+        except Exception:  # noqa: BLE001 - a request that needs them compiles them itself, and says what failed
+            log.exception("warming up the compiled kernels failed")
+        finally:
+            self.warmed.set()
 
     @classmethod
     def create(cls, backend: str = "auto", *, model: Optional[str] = None, controlnet: Optional[str] = None,

@@ -534,3 +534,22 @@ def test_a_raw_http_client_that_sends_only_the_older_inputs_still_gets_a_stack(s
              "scaffold", None, None, "sway", None]
     answer = json.loads(_raw_call(server, "generate", json.dumps({"data": older}).encode())[len("data:"):])
     assert isinstance(answer, list) and answer[0]["path"].endswith(".psd"), answer
+
+
+def test_the_studio_compiles_the_cuts_kernels_while_it_comes_up(tmp_path):
+    """A new studio warms the kernels every cut runs (pymatting's matting, the texture fill's PatchMatch) in the
+    background, before any request: in a fresh process nothing has compiled them yet, and no stack is rendered."""
+    code = "\n".join([
+        "import sys",
+        "from layers.backends.draft import DraftBackend",
+        "from layers.fill import patchmatch",
+        "from layers.studio import Studio",
+        "assert 'pymatting' not in sys.modules and not patchmatch.patchmatch.signatures",
+        f"studio = Studio(DraftBackend(), output_root={str(tmp_path)!r})",
+        "assert studio.warmed.wait(600)",
+        "print('pymatting' in sys.modules, bool(patchmatch.peel.signatures), bool(patchmatch.patchmatch.signatures))",
+        "print(sorted(p.name for p in (studio.runs_root).iterdir()))",
+    ])
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=700)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-2:] == ["True True True", "[]"]
