@@ -52,7 +52,8 @@ def test_auto_without_accelerator_or_weights_is_draft_at_once_with_how_to_opt_in
     assert network_calls == [], "deciding must not touch the network"
     assert "\n" not in notice and notice.startswith("Draft mode")
     assert "no GPU here" in notice and "--backend diffusers" in notice
-    assert f"about {CPU_PRESET_DOWNLOAD_GB:g} GB" in notice and f"about {CPU_STACK_SECONDS} s" in notice
+    assert f"about {CPU_PRESET_DOWNLOAD_GB:g} GB" in notice
+    assert f"about {CPU_STACK_SECONDS[0]}-{CPU_STACK_SECONDS[1]} s" in notice
 
 
 def test_auto_with_the_weights_in_the_hub_cache_loads_the_model_without_the_network(cached_cpu_preset,
@@ -143,7 +144,8 @@ def test_on_a_cpu_diffusers_defaults_to_the_few_step_preset_and_says_so(online):
     backend_name, options, notice = choose("diffusers", {})
     assert (backend_name, options) == ("diffusers", {"model": CPU_PRESET, "dtype": cpu_dtype(), "decoder": "tiny"})
     assert f"{CPU_PRESET} preset (1 step, {cpu_dtype()}, tiny decoder" in notice and "--model sd15" in notice
-    assert "\n" not in notice and f"about {CPU_STACK_SECONDS} s" in notice and "--decoder full" in notice
+    assert "\n" not in notice and "--decoder full" in notice
+    assert f"about {CPU_STACK_SECONDS[0]}-{CPU_STACK_SECONDS[1]} s" in notice
     assert choose("diffusers", {"dtype": "float32"})[1]["dtype"] == "float32"
     _, options, notice = choose("diffusers", {"decoder": "full"})
     assert options["decoder"] == "full" and "full decoder" in notice and "--decoder tiny" in notice

@@ -36,13 +36,15 @@ file (Hyper-SD15-1step-lora.safetensors, 269 MB as the hub lists it): 5.65 GB. (
 PLATE_DOWNLOAD_GB = 0.3
 """What the plate composition fetches besides (once): Depth Anything V2 Small (24,785,089 parameters, 0.1 GB) and
 rembg's isnet-general-use matting model (~170 MB)."""
-CPU_STACK_SECONDS = 50
-"""A 512x768 hyper-sd15 stack as `generate --backend diffusers` makes it on a CPU (plate composition: plate, depth
+CPU_STACK_SECONDS = (50, 60)
+"""How long (seconds, fastest to slowest measured) a 512x768 hyper-sd15 stack as `generate --backend diffusers` makes it on a CPU (plate composition: plate, depth
 estimate, layers from the plate, harmonising; 1 step, bfloat16, tiny decoder) on 2 idle cores, for an example prompt:
 bench/bench_cpu_stack.py measured 50.7 s cold and 51.7 s warm (94.8 and 97.3 CPU-seconds) on 2 cores of an AMD EPYC
 with AVX512-BF16 and no AMX, with nothing else running (2026-12-04), where lcm-sd15 at 4 steps took 90.9 s (172.8
 CPU-seconds) in the same run (lcm-sd15 had taken 77-89 s on 2 idle AMX cores, the development machine's CPU on
-2026-12-02). Where the CPU has no native bfloat16 the preset renders in float32, slower still."""
+2026-12-02); run again on another host of the same kind with nothing else running, 58.4 s cold and 57.5 s warm
+(106 CPU-seconds) beside lcm-sd15's 105.3 s. Where the CPU has no native bfloat16 the preset renders in float32,
+slower still."""
 FULL_DECODER_EXTRA_SECONDS = 90
 """What `--decoder full` adds to a stack, whatever its steps (the plate composition encodes three pictures and decodes
 five): lcm-sd15's took 175.2 s instead of 88.1 s in one run, about 150 CPU-seconds more in another (305.6 against
@@ -103,7 +105,7 @@ def cpu_cost() -> str:
     """What the model costs on this kind of machine, in the words of the notices."""
     return (f"the {CPU_PRESET} preset downloads once (about {CPU_PRESET_DOWNLOAD_GB:g} GB, and "
             f"{PLATE_DOWNLOAD_GB:g} GB of depth and matting models) and renders a 512x768 stack in about "
-            f"{CPU_STACK_SECONDS} s on 2 idle CPU cores, more on a busy machine")
+            f"{CPU_STACK_SECONDS[0]}-{CPU_STACK_SECONDS[1]} s on 2 idle CPU cores, more on a busy machine")
 
 
 def _cpu_options(options: dict, model: str) -> dict:
