@@ -150,8 +150,8 @@ def run_stack(backend, options, w: int, h: int, what: str, prompt: str) -> dict:
     peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     if cuda:
         print(f"peak GPU memory: {peak:.2f} GiB", flush=True)
-    return {"wall": total, "cpu": cpu, "peak_gib": peak, "cut": cut, "covered": covered, "picture_steps": steps, "stages": stages, "gap": longest, "steal": host.steal,
-            "steal_max": host.steal_max, "others": others,
+    return {"wall": total, "cpu": cpu, "peak_gib": peak, "cut": cut, "covered": covered, "picture_steps": steps,
+            "stages": stages, "gap": longest, "steal": host.steal, "steal_max": host.steal_max, "others": others,
             "load": f"{host.load_before.split()[0]} → {host.load_after.split()[0]}"}
 
 

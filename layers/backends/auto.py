@@ -37,8 +37,9 @@ PLATE_DOWNLOAD_GB = 0.3
 """What the plate composition fetches besides (once): Depth Anything V2 Small (24,785,089 parameters, 0.1 GB) and
 rembg's isnet-general-use matting model (~170 MB)."""
 CPU_STACK_SECONDS = (50, 60)
-"""How long (seconds, fastest to slowest measured) a 512x768 hyper-sd15 stack as `generate --backend diffusers` makes it on a CPU (plate composition: plate, depth
-estimate, layers from the plate, harmonising; 1 step, bfloat16, tiny decoder) on 2 idle cores, for an example prompt:
+"""How long (seconds, fastest to slowest measured) a 512x768 hyper-sd15 stack as `generate --backend diffusers`
+makes it on a CPU (plate composition: plate, depth estimate, layers from the plate, harmonising; 1 step, bfloat16,
+tiny decoder) on 2 idle cores, for an example prompt:
 bench/bench_cpu_stack.py measured 50.7 s cold and 51.7 s warm (94.8 and 97.3 CPU-seconds) on 2 cores of an AMD EPYC
 with AVX512-BF16 and no AMX, with nothing else running (2026-12-04), where lcm-sd15 at 4 steps took 90.9 s (172.8
 CPU-seconds) in the same run (lcm-sd15 had taken 77-89 s on 2 idle AMX cores, the development machine's CPU on

@@ -10,9 +10,9 @@
    patch most like it (colour; texture features, the local mean absolute gradients, Newson et al. 2014, which
    a coarse level keeps where its averaged colours have lost the fine texture: without them a flat patch is
    nearer to a texture than the same texture out of phase, and the fill comes out flat; plus the depth
-   difference of the centres, so a hole takes texture from the layer's pixels at its own depth); each hole pixel copies the centre of its own patch's match; a few
-   rounds per level. Copying centres keeps the texture as sharp as the source's (averaging what the
-   overlapping patches vote for, tried first, blurred it).
+   difference of the centres, so a hole takes texture from the layer's pixels at its own depth); each hole pixel
+   copies the centre of its own patch's match; a few rounds per level. Copying centres keeps the texture as
+   sharp as the source's (averaging what the overlapping patches vote for, tried first, blurred it).
 4. **Upward.** The field of matches is carried to the next finer level (each match doubled), which starts from
    that coarse arrangement with the fine texture of the sources, and is refined there by a local search (at
    the two finest levels only near the hole's edge, where the fill meets the picture).

@@ -28,9 +28,9 @@ WHOLE_PROMPT_CHUNKS = 16
 KEPT_ENCODINGS = 16
 """Prompt encodings a backend keeps for reuse, the least recently used dropped first. The harmonising pass conditions
 on the plate's whole prompt again, and regenerating a layer on its prompt: encoded once, each is computed once (on 2
-CPU cores a 16-chunk prompt costs CLIP-L 0.8 s, 1.6 CPU-seconds, in bfloat16). An encoding depends on the text, the chunk limit and the
-text encoders' weights alone, which do not change after loading (a LoRA is fused at load); one is at most
-16 x 77 x 2048 values (~5 MB in half precision)."""
+CPU cores a 16-chunk prompt costs CLIP-L 0.8 s, 1.6 CPU-seconds, in bfloat16). An encoding depends on the text, the
+chunk limit and the text encoders' weights alone, which do not change after loading (a LoRA is fused at load); one
+is at most 16 x 77 x 2048 values (~5 MB in half precision)."""
 
 
 def _isolated(request: RenderRequest) -> tuple[str, str]:
